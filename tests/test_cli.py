@@ -22,7 +22,7 @@ def test_run_end_to_end(tiny, tmp_path):
     assert len(ledger) == 360 and metrics['n'] == 360  # the stratified 20 % validation split of 1,797 digits
     assert metrics['accuracy'] == accuracy_score(ledger.label, ledger.pred)
     assert metrics['accuracy'] > 0.3  # one epoch at 16 px is well above chance
-    np.testing.assert_allclose(ledger.filter(like='prob_').sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(ledger.filter(like='prob_').sum(axis=1), 1, atol=1e-9)
     run = json.loads((rd/'run.json').read_text())
     assert run['status'] == 'complete' and len(run['data_version']) == 16
     page = (tmp_path/'reports'/rd.name/'report.html').read_text()
