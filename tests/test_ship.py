@@ -19,3 +19,13 @@ def test_export_predict_report(tiny, tmp_path, data_cache):
     # a tampered package is refused
     (tmp_path/'pkg'/'model.onnx').write_bytes(b'garbage')
     assert 'does not match its recorded SHA-256' in cli('predict', tmp_path/'pkg', data_cache/'digits', '--out', tmp_path/'x.parquet', check=2).stderr
+
+def test_bench_and_quantize_cli(tiny, tmp_path):
+    rd = run_dir_of(cli('run', *tiny, cwd=tmp_path, check=0))
+    cli('export', rd, '--out', tmp_path/'pkg', check=0)
+    q = cli('quantize', tmp_path/'pkg', rd, '--calibration', 50, check=0).stdout
+    assert 'agreement:' in q and 'recommend:' in q
+    out = cli('bench', tmp_path/'pkg', '--iters', 10, '--batch-sizes', 1, 4, check=0).stdout
+    t = pd.read_csv(tmp_path/'pkg'/'bench'/'bench.csv')
+    assert {'pytorch eager', 'torchscript', 'ort fp32', 'ort int8', 'predictor (onnx)'} <= set(t.backend)
+    assert (t.peak_rss_mb.dropna() > 50).all() and (t.p99_ms >= t.p50_ms).all()
