@@ -29,3 +29,31 @@ def test_bench_and_quantize_cli(tiny, tmp_path):
     t = pd.read_csv(tmp_path/'pkg'/'bench'/'bench.csv')
     assert {'pytorch eager', 'torchscript', 'ort fp32', 'ort int8', 'predictor (onnx)'} <= set(t.backend)
     assert (t.peak_rss_mb.dropna() > 50).all() and (t.p99_ms >= t.p50_ms).all()
+
+def test_service_over_http(tiny, tmp_path):
+    import socket, subprocess, sys, time, urllib.request, uuid
+    rd = run_dir_of(cli('run', *tiny, cwd=tmp_path, check=0))
+    cli('export', rd, '--out', tmp_path/'pkg', '--format', 'onnx', check=0)
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    srv = subprocess.Popen([str(Path(sys.executable).parent/'cvbench'), 'serve', tmp_path/'pkg', '--port', str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def post(body, ctype='application/octet-stream'):
+        req = urllib.request.Request(f'http://127.0.0.1:{port}/predict', data=body, headers={'Content-Type': ctype}, method='POST')
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r: return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e: return e.code, json.loads(e.read())
+    try:
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=2) as r: assert json.loads(r.read())['status'] == 'ok'; break
+            except OSError: time.sleep(0.2)
+        img = sorted((tmp_path/'pkg'/'golden').glob('valid_*'))[0].read_bytes()
+        b = uuid.uuid4().hex  # a multipart batch: two good images and a broken one
+        parts = b''.join(f'--{b}\r\nContent-Disposition: form-data; name="files"; filename="{n}"\r\nContent-Type: image/png\r\n\r\n'.encode() + d + b'\r\n'
+                         for n, d in (('a.png', img), ('b.png', img), ('bad.png', b'\x89PNG broken')))
+        code, res = post(parts + f'--{b}--\r\n'.encode(), f'multipart/form-data; boundary={b}')
+        assert code == 200 and [sorted(r) for r in res['results']] == [['confidence', 'file', 'label', 'probs']] * 2 + [['error', 'file']]
+        assert post(b'')[0] == 400 and post(b'garbage')[0] == 422
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5) as r: m = r.read().decode()
+        assert 'cvbench_errors_total{type="bad_image"} 2.0' in m and 'cvbench_confidence_count 2.0' in m
+    finally:
+        srv.terminate(); srv.wait(10)
