@@ -10,7 +10,8 @@ def test_export_predict_report(tiny, tmp_path, data_cache):
     assert 'package:' in out
     m = json.loads((tmp_path/'pkg'/'package.json').read_text())
     assert {'model.onnx', 'model.ts', 'model.safetensors', 'preprocess.json', 'MODEL_CARD.md'} <= set(m['files']) and all(p['passed'] for p in m['parity'])
-    assert '## Export parity' in (tmp_path/'pkg'/'MODEL_CARD.md').read_text()
+    card = (tmp_path/'pkg'/'MODEL_CARD.md').read_text()
+    assert '## Export parity' in card and '## Latency' in card and '## Known limitations' in card
     r = cli('predict', tmp_path/'pkg', data_cache/'digits', '--out', tmp_path/'l.parquet', check=0)
     assert 'accuracy:' in r.stdout and len(pd.read_parquet(tmp_path/'l.parquet')) == 1797
     # the ledger goes straight into the evaluation tools
