@@ -47,5 +47,6 @@ def test_train_eval_report(tiny, tmp_path):
     assert len(pd.read_parquet(ev/'predictions.parquet')) == 1797 and 'accuracy' in out
     # ... and a dataset with other classes is refused with a clear message
     other = make_imagefolder(tmp_path/'other', {'cat': 2, 'dog': 2})
-    r = cli('eval', '--checkpoint', rd/'model.safetensors', '--data', other, check=2)
+    r = cli('eval', '--checkpoint', rd/'model.safetensors', '--data', other, cwd=tmp_path, check=2)
+    assert not list(tmp_path.glob('eval-model-other'))  # a failed evaluation leaves nothing behind
     assert "labels ['cat', 'dog'] are not classes of the model" in r.stderr
