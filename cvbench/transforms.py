@@ -6,8 +6,7 @@ Docs: https://cvbench.github.io/cvbench/transforms.html.md"""
 
 # %% ../nbs/21_transforms.ipynb #94c2bc06
 from __future__ import annotations
-import json
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
@@ -16,14 +15,16 @@ from .data.images import open_image
 
 # %% auto #0
 __all__ = ['RESIZE_METHODS', 'PreprocessSpec', 'resize_image', 'to_tensor', 'load_spec', 'spec_from_config', 'SpecResize',
-           'spec_batch_tfms']
+           'spec_batch_tfms', 'SpecImageDataset']
 
 # %% ../nbs/21_transforms.ipynb #3ea746c5
 RESIZE_METHODS = ('squash', 'crop', 'pad')
 
+
 @dataclass
 class PreprocessSpec:
     "How an image becomes a model input: resize, scale, normalize; saved as JSON with every model."
+
     size: tuple[int, int] = (224, 224)  # (height, width) of the model input
     resize: str = 'squash'  # `squash` (ignore aspect), `crop` (fill, center crop) or `pad` (fit, pad with black)
     interpolation: str = 'bilinear'  # PIL resampling filter
@@ -35,28 +36,43 @@ class PreprocessSpec:
     layout: str = 'NCHW'
 
     def __post_init__(self):
-        if isinstance(self.size, int): self.size = (self.size, self.size)
-        self.size, self.mean, self.std = tuple(int(s) for s in self.size), tuple(map(float, self.mean)), tuple(map(float, self.std))
-        if self.resize not in RESIZE_METHODS: raise CvbenchError(f'preprocess.resize must be one of {RESIZE_METHODS}, got `{self.resize}`')
-        if len(self.mean) != 3 or len(self.std) != 3: raise CvbenchError('preprocess.mean and preprocess.std need 3 values (R, G, B)')
-        if min(self.std) <= 0: raise CvbenchError(f'preprocess.std must be positive, got {self.std}')
-        if self.channel_order != 'RGB' or self.layout != 'NCHW' or self.dtype != 'float32': raise CvbenchError('only RGB, NCHW, float32 inputs are supported')
+        if isinstance(self.size, int):
+            self.size = (self.size, self.size)
+        self.size, self.mean, self.std = (
+            tuple(int(s) for s in self.size),
+            tuple(map(float, self.mean)),
+            tuple(map(float, self.std)),
+        )
+        if self.resize not in RESIZE_METHODS:
+            raise CvbenchError(f'preprocess.resize must be one of {RESIZE_METHODS}, got `{self.resize}`')
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise CvbenchError('preprocess.mean and preprocess.std need 3 values (R, G, B)')
+        if min(self.std) <= 0:
+            raise CvbenchError(f'preprocess.std must be positive, got {self.std}')
+        if self.channel_order != 'RGB' or self.layout != 'NCHW' or self.dtype != 'float32':
+            raise CvbenchError('only RGB, NCHW, float32 inputs are supported')
 
 # %% ../nbs/21_transforms.ipynb #edb925b0
-def _resample(self: PreprocessSpec): return getattr(Image.Resampling, self.interpolation.upper())
+def _resample(self: PreprocessSpec):
+    return getattr(Image.Resampling, self.interpolation.upper())
+
 
 def resize_image(self: PreprocessSpec, img: Image.Image) -> Image.Image:
     "Resize an RGB PIL image to `size` by the spec's method."
     (h, w), (iw, ih) = self.size, img.size
-    if self.resize == 'squash': return img.resize((w, h), _resample(self))
+    if self.resize == 'squash':
+        return img.resize((w, h), _resample(self))
     s = max(w / iw, h / ih) if self.resize == 'crop' else min(w / iw, h / ih)
     nw, nh = max(1, round(iw * s)), max(1, round(ih * s))
     img = img.resize((nw, nh), _resample(self))
     if self.resize == 'crop':
         l, t = (nw - w) // 2, (nh - h) // 2
         return img.crop((l, t, l + w, t + h))
-    canvas = Image.new('RGB', (w, h)); canvas.paste(img, ((w - nw) // 2, (h - nh) // 2))
+    canvas = Image.new('RGB', (w, h))
+    canvas.paste(img, ((w - nw) // 2, (h - nh) // 2))
     return canvas
+
+
 PreprocessSpec.resize_image = resize_image
 
 # %% ../nbs/21_transforms.ipynb #d7c9fff8
@@ -88,17 +104,50 @@ def spec_from_config(pc) -> PreprocessSpec:
     return PreprocessSpec(size=pc.size, resize=pc.resize, mean=pc.mean, std=pc.std)
 
 # %% ../nbs/21_transforms.ipynb #4397e174
-from fastai.vision.all import Transform, PILImage, IntToFloatTensor, Normalize, aug_transforms
+from fastai.vision.all import Transform, PILImage, TensorImage, IntToFloatTensor, Normalize, aug_transforms
+
 
 class SpecResize(Transform):
     "fastai item transform: resize a `PILImage` with the spec's `resize_image` (train and valid alike)."
-    order = 1
-    def __init__(self, spec: PreprocessSpec): self.spec = spec
-    def encodes(self, x: PILImage): return PILImage(self.spec.resize_image(x))
 
-def spec_batch_tfms(spec: PreprocessSpec, augment: bool = True, flip: bool = False, max_rotate: float = 10.) -> list:
+    order = 1
+
+    def __init__(self, spec: PreprocessSpec):
+        self.spec = spec
+
+    def encodes(self, x: PILImage):
+        return PILImage(self.spec.resize_image(x))
+
+
+def spec_batch_tfms(spec: PreprocessSpec, augment: bool = True, flip: bool = False, max_rotate: float = 10.0) -> list:
     "fastai batch transforms: augmentation (training only) then the spec's normalization."
-    aug = aug_transforms(do_flip=flip, max_rotate=max_rotate, max_zoom=1.1, max_lighting=0.2, max_warp=0.1, size=None) if augment else []
+    aug = (
+        aug_transforms(do_flip=flip, max_rotate=max_rotate, max_zoom=1.1, max_lighting=0.2, max_warp=0.1, size=None)
+        if augment
+        else []
+    )
     scale_ok = abs(spec.scale - 1 / 255) < 1e-12
-    if not scale_ok: raise CvbenchError('fastai training supports scale=1/255 only')
+    if not scale_ok:
+        raise CvbenchError('fastai training supports scale=1/255 only')
     return [IntToFloatTensor(), *aug, Normalize.from_stats(spec.mean, spec.std)]
+
+# %% ../nbs/21_transforms.ipynb #d5aa0a6f
+class SpecImageDataset(torch.utils.data.Dataset):
+    "Images decoded by `open_image` and resized by `spec`, as uint8 `TensorImage`s, with class-index targets."
+
+    def __init__(
+        self,
+        paths: list,  # image files
+        targets,  # class index per image
+        spec: PreprocessSpec,  # resize by this spec
+        split_idx: int = 0,  # fastai's split index: 0 train, 1 valid
+    ):
+        self.paths, self.targets, self.spec, self.split_idx = list(paths), np.asarray(targets), spec, split_idx
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        img = self.spec.resize_image(open_image(self.paths[i]))
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return TensorImage(x), torch.tensor(int(self.targets[i]))

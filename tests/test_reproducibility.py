@@ -1,35 +1,49 @@
 "Same config and seed, same numbers; an interrupted run resumed ends where an uninterrupted one ends."
+
 import json
 from pathlib import Path
 import pandas as pd, pytest
 from fastai.vision.all import Callback
 from cvbench.core import load_config, read_json
-from cvbench.cli import run
+from cvbench.runs import run
 from conftest import cli
 
-def _metrics(rd): return json.loads((Path(rd)/'metrics.json').read_text())
+
+def _metrics(rd):
+    return json.loads((Path(rd) / 'metrics.json').read_text())
+
 
 def test_same_config_same_results(tiny):
     a, b = run(load_config(overrides=tiny)), run(load_config(overrides=tiny))
     assert a != b
     assert _metrics(a) == _metrics(b)
-    pd.testing.assert_frame_equal(pd.read_parquet(a/'predictions.parquet'), pd.read_parquet(b/'predictions.parquet'))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a / 'predictions.parquet'), pd.read_parquet(b / 'predictions.parquet')
+    )
+
 
 class Interrupt(Callback):
     "Simulate Ctrl-C after the first epoch (after its checkpoint is written)."
+
     order = 99
+
     def after_epoch(self):
-        if self.epoch == 0: raise KeyboardInterrupt('simulated')
+        if self.epoch == 0:
+            raise KeyboardInterrupt('simulated')
+
 
 def test_resume_matches_uninterrupted(tiny):
     cfg = load_config(overrides=tiny + ['train.epochs=2'])
     full = run(cfg)
-    with pytest.raises(KeyboardInterrupt): run(cfg, cbs=[Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, cbs=[Interrupt()])
     cut = sorted(Path(cfg.runs_dir).iterdir())[-1]
-    assert read_json(cut/'run.json')['status'] == 'interrupted' and len(pd.read_csv(cut/'history.csv')) == 1
+    assert read_json(cut / 'run.json')['status'] == 'interrupted' and len(pd.read_csv(cut / 'history.csv')) == 1
     out = cli('run', '--resume', cut, check=0).stdout
-    assert 'accuracy' in out and read_json(cut/'run.json')['status'] == 'complete'
+    assert 'accuracy' in out and read_json(cut / 'run.json')['status'] == 'complete'
     assert _metrics(cut) == _metrics(full)
-    pd.testing.assert_frame_equal(pd.read_parquet(cut/'predictions.parquet'), pd.read_parquet(full/'predictions.parquet'))
-    h1, h2 = pd.read_csv(cut/'history.csv'), pd.read_csv(full/'history.csv')
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(cut / 'predictions.parquet'), pd.read_parquet(full / 'predictions.parquet')
+    )
+    h1, h2 = pd.read_csv(cut / 'history.csv'), pd.read_csv(full / 'history.csv')
     pd.testing.assert_frame_equal(h1.drop(columns='time'), h2.drop(columns='time'))

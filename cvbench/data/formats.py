@@ -1,4 +1,4 @@
-"""Readers that turn an ImageFolder tree or a CSV manifest into the samples table, with a clear message for every way a dataset on disk can be wrong.
+"""ImageFolder trees and CSV manifests into the samples table, with a clear message for every way they go wrong.
 
 Docs: https://cvbench.github.io/cvbench/data.formats.html.md"""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 import pandas as pd
-from .samples import Samples, DataError, SPLITS, load_samples_table
+from .samples import Samples, DataError, load_samples_table
 
 # %% auto #0
 __all__ = ['log', 'IMAGE_EXTS', 'read_imagefolder', 'read_csv_manifest', 'read_dataset']
@@ -23,68 +23,116 @@ _SPLIT_ALIASES = {'train': 'train', 'valid': 'valid', 'val': 'valid', 'validatio
 def _list_class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
 
+
 def _scan_class_dir(d: Path, root: Path, split: str, rows: list, skipped: list):
     "Append one row per image file under class folder `d` (recursively); other files go to `skipped`."
     n = 0
     for f in sorted(d.rglob('*')):
-        if not f.is_file() or any(part.startswith('.') for part in f.relative_to(root).parts): continue
+        if not f.is_file() or any(part.startswith('.') for part in f.relative_to(root).parts):
+            continue
         rel = f.relative_to(root).as_posix()
-        if f.suffix.lower() in IMAGE_EXTS: rows.append(dict(image_id=rel, path=rel, split=split, label=d.name)); n += 1
-        else: skipped.append(dict(path=rel, reason=f'not an image file extension ({f.suffix or "none"})'))
-    if n == 0: raise DataError(f'class folder {d} has no images ({", ".join(sorted(IMAGE_EXTS))}); add images or remove the folder')
+        if f.suffix.lower() in IMAGE_EXTS:
+            rows.append(dict(image_id=rel, path=rel, split=split, label=d.name))
+            n += 1
+        else:
+            skipped.append(dict(path=rel, reason=f'not an image file extension ({f.suffix or "none"})'))
+    if n == 0:
+        raise DataError(
+            f'class folder {d} has no images ({", ".join(sorted(IMAGE_EXTS))}); add images or remove the folder'
+        )
 
 # %% ../../nbs/11_data.formats.ipynb #edbf6f32
-def read_imagefolder(root: str|Path, # folder of class folders, or of split folders of class folders
-                    ) -> Samples:
+def read_imagefolder(
+    root: str | Path,  # folder of class folders, or of split folders of class folders
+) -> Samples:
     "Read an ImageFolder tree (`root/<class>/<image>` or `root/<split>/<class>/<image>`) into `Samples`."
     root = Path(root)
-    if not root.exists(): raise DataError(f'dataset folder {root} does not exist; check the path (data.source)')
-    if not root.is_dir(): raise DataError(f'{root} is not a folder; an ImageFolder dataset is a folder of class folders')
+    if not root.exists():
+        raise DataError(f'dataset folder {root} does not exist; check the path (data.source)')
+    if not root.is_dir():
+        raise DataError(f'{root} is not a folder; an ImageFolder dataset is a folder of class folders')
     top = _list_class_dirs(root)
-    if not top: raise DataError(f'{root} has no class folders; expected {root}/<class>/<image> (one folder per class)')
+    if not top:
+        raise DataError(f'{root} has no class folders; expected {root}/<class>/<image> (one folder per class)')
     rows, skipped = [], []
     if all(d.name.lower() in _SPLIT_ALIASES for d in top):
         for sd in top:
-            for d in _list_class_dirs(sd): _scan_class_dir(d, root, _SPLIT_ALIASES[sd.name.lower()], rows, skipped)
+            for d in _list_class_dirs(sd):
+                _scan_class_dir(d, root, _SPLIT_ALIASES[sd.name.lower()], rows, skipped)
     else:
-        for d in top: _scan_class_dir(d, root, '', rows, skipped)
+        for d in top:
+            _scan_class_dir(d, root, '', rows, skipped)
     for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith('.')):
         skipped.append(dict(path=f.name, reason='file outside any class folder'))
-    if skipped: log.warning(f'{len(skipped)} file(s) in {root} are not usable images; see `skipped`')
-    return Samples(pd.DataFrame(rows, columns=['image_id', 'path', 'split', 'label']), root,
-                   skipped=pd.DataFrame(skipped, columns=['path', 'reason']), name=root.name)
+    if skipped:
+        log.warning(f'{len(skipped)} file(s) in {root} are not usable images; see `skipped`')
+    return Samples(
+        pd.DataFrame(rows, columns=['image_id', 'path', 'split', 'label']),
+        root,
+        skipped=pd.DataFrame(skipped, columns=['path', 'reason']),
+        name=root.name,
+    )
 
 # %% ../../nbs/11_data.formats.ipynb #97b1384b
-def read_csv_manifest(csv: str|Path, # CSV with columns `path`, `label`, optional `split`, any metadata
-                      root: str|Path|None = None, # folder the paths are relative to (default: the CSV's folder)
-                     ) -> Samples:
+def read_csv_manifest(
+    csv: str | Path,  # CSV with columns `path`, `label`, optional `split`, any metadata
+    root: str | Path | None = None,  # folder the paths are relative to (default: the CSV's folder)
+) -> Samples:
     "Read a CSV manifest into `Samples`; missing files are skipped and listed."
     csv = Path(csv)
-    if not csv.is_file(): raise DataError(f'CSV manifest {csv} does not exist; check the path (data.source)')
+    if not csv.is_file():
+        raise DataError(f'CSV manifest {csv} does not exist; check the path (data.source)')
     root = Path(root) if root is not None else csv.parent
-    try: df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except Exception as e: raise DataError(f'cannot read {csv} as CSV: {e}') from None
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except Exception as e:
+        raise DataError(f'cannot read {csv} as CSV: {e}') from None
     missing = [c for c in ('path', 'label') if c not in df.columns]
-    if missing: raise DataError(f'{csv} lacks column(s) {missing}; it has {list(df.columns)}. A manifest needs `path` and `label` (and optionally `split`)')
-    if len(df) == 0: raise DataError(f'{csv} has no rows')
+    if missing:
+        raise DataError(
+            f'{csv} lacks column(s) {missing}; it has {list(df.columns)}. '
+            'A manifest needs `path` and `label` (and optionally `split`)'
+        )
+    if len(df) == 0:
+        raise DataError(f'{csv} has no rows')
     empty = df.index[(df['path'].str.strip() == '') | (df['label'].str.strip() == '')]
-    if len(empty): raise DataError(f'{csv}: row {empty[0] + 2} has an empty `path` or `label`')
-    if 'split' not in df: df['split'] = ''
+    if len(empty):
+        raise DataError(f'{csv}: row {empty[0] + 2} has an empty `path` or `label`')
+    if 'split' not in df:
+        df['split'] = ''
     df['split'] = df['split'].str.strip().str.lower().map(lambda s: _SPLIT_ALIASES.get(s, s))
-    exists = df['path'].map(lambda p: (root/p).is_file())
-    if not exists.any(): raise DataError(f'none of the {len(df)} files in {csv} exists under {root}; set `data.root` to the folder the paths are relative to')
+    exists = df['path'].map(lambda p: (root / p).is_file())
+    if not exists.any():
+        raise DataError(
+            f'none of the {len(df)} files in {csv} exists under {root}; '
+            'set `data.root` to the folder the paths are relative to'
+        )
     skipped = pd.DataFrame(dict(path=df.loc[~exists, 'path'], reason='file not found'))
-    if len(skipped): log.warning(f'{len(skipped)} file(s) listed in {csv} do not exist under {root} (first: {skipped.path.iloc[0]}); they are skipped')
-    df = df[exists].copy(); df.insert(0, 'image_id', df['path'])
+    if len(skipped):
+        log.warning(
+            f'{len(skipped)} file(s) listed in {csv} do not exist under {root} '
+            f'(first: {skipped.path.iloc[0]}); they are skipped'
+        )
+    df = df[exists].copy()
+    df.insert(0, 'image_id', df['path'])
     meta = [c for c in df.columns if c not in ('image_id', 'path', 'split', 'label')]
-    return Samples(df[['image_id', 'path', 'split', 'label'] + meta], root, skipped=skipped.reset_index(drop=True), name=csv.stem)
+    return Samples(
+        df[['image_id', 'path', 'split', 'label'] + meta], root, skipped=skipped.reset_index(drop=True), name=csv.stem
+    )
 
 # %% ../../nbs/11_data.formats.ipynb #9a615f6d
-def read_dataset(source: str|Path, root: str|Path|None = None) -> Samples:
+def read_dataset(source: str | Path, root: str | Path | None = None) -> Samples:
     "Read an ImageFolder folder, a CSV manifest or a samples parquet into `Samples`."
     p = Path(source)
-    if p.is_dir(): return read_imagefolder(p)
-    if p.suffix.lower() == '.csv': return read_csv_manifest(p, root)
-    if p.suffix.lower() == '.parquet': return load_samples_table(p)
-    if not p.exists(): raise DataError(f'dataset {source} does not exist: give a bundled dataset name, an ImageFolder folder, a CSV manifest or a samples .parquet')
+    if p.is_dir():
+        return read_imagefolder(p)
+    if p.suffix.lower() == '.csv':
+        return read_csv_manifest(p, root)
+    if p.suffix.lower() == '.parquet':
+        return load_samples_table(p)
+    if not p.exists():
+        raise DataError(
+            f'dataset {source} does not exist: give a bundled dataset name, an ImageFolder folder, '
+            'a CSV manifest or a samples .parquet'
+        )
     raise DataError(f'cannot read {source}: expected a folder, a .csv manifest or a samples .parquet')

@@ -1,4 +1,4 @@
-"""The one safe image decoder: every image cvbench reads (training, evaluation, reports, serving) goes through `open_image`, which bounds memory, applies EXIF orientation and converts every mode to RGB the same way.
+"""The one safe image decoder every stage uses: bounded memory, EXIF orientation, every mode to RGB alike.
 
 Docs: https://cvbench.github.io/cvbench/data.images.html.md"""
 
@@ -51,68 +51,116 @@ def _magic_format(data: bytes) -> str|None:
     return next((f for m, f in _MAGIC.items() if data.startswith(m)), None)
 
 # %% ../../nbs/13_data.images.ipynb #982b47c1
-def open_image(src, # path, bytes, PIL image, or HWC/HW uint8 array
-               max_pixels: int = MAX_PIXELS, # refuse larger images before decoding
-              ) -> Image.Image:
+def open_image(
+    src,  # path, bytes, PIL image, or HWC/HW uint8 array
+    max_pixels: int = MAX_PIXELS,  # refuse larger images before decoding
+) -> Image.Image:
     "Decode `src` to an RGB PIL image with EXIF orientation applied; raise `ImageReadError` with the reason."
     name = str(src) if isinstance(src, (str, Path)) else type(src).__name__
     if isinstance(src, np.ndarray):
         if src.dtype != np.uint8 or src.ndim not in (2, 3) or (src.ndim == 3 and src.shape[2] not in (1, 3, 4)):
             raise ImageReadError(name, f'array must be HxW or HxWxC (C=1,3,4) uint8, got {src.dtype} {src.shape}')
         return _to_rgb(Image.fromarray(src[..., 0] if src.ndim == 3 and src.shape[2] == 1 else src))
-    if isinstance(src, Image.Image): im = src
+    if isinstance(src, Image.Image):
+        im = src
     else:
         if isinstance(src, (str, Path)):
-            try: data = Path(src).read_bytes()
-            except FileNotFoundError: raise ImageReadError(name, 'file not found') from None
-            except OSError as e: raise ImageReadError(name, f'cannot read file: {e.strerror or e}') from None
-        elif isinstance(src, (bytes, bytearray, memoryview)): data = bytes(src)
-        else: raise ImageReadError(name, 'expected a path, bytes, a PIL image or a uint8 array')
-        if len(data) == 0: raise ImageReadError(name, 'empty file (0 bytes)')
+            try:
+                data = Path(src).read_bytes()
+            except FileNotFoundError:
+                raise ImageReadError(name, 'file not found') from None
+            except OSError as e:
+                raise ImageReadError(name, f'cannot read file: {e.strerror or e}') from None
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            data = bytes(src)
+        else:
+            raise ImageReadError(name, 'expected a path, bytes, a PIL image or a uint8 array')
+        if len(data) == 0:
+            raise ImageReadError(name, 'empty file (0 bytes)')
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', Image.DecompressionBombWarning)
                 im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             fmt = _magic_format(data)
-            raise ImageReadError(name, f'truncated or corrupt {fmt} file' if fmt else 'not an image, or a format Pillow cannot read') from None
-        except Image.DecompressionBombError as e: raise ImageReadError(name, f'too large: {e}') from None
-        except (OSError, SyntaxError, ValueError) as e: raise ImageReadError(name, f'truncated or corrupt: {e}') from None
+            raise ImageReadError(
+                name, f'truncated or corrupt {fmt} file' if fmt else 'not an image, or a format Pillow cannot read'
+            ) from None
+        except Image.DecompressionBombError as e:
+            raise ImageReadError(name, f'too large: {e}') from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageReadError(name, f'truncated or corrupt: {e}') from None
     w, h = im.size
-    if w * h > max_pixels: raise ImageReadError(name, f'too large: {w}x{h} = {w*h:,} pixels > {max_pixels:,}; resize it or raise `max_pixels`')
-    if w == 0 or h == 0: raise ImageReadError(name, f'empty image ({w}x{h})')
+    if w * h > max_pixels:
+        raise ImageReadError(
+            name, f'too large: {w}x{h} = {w * h:,} pixels > {max_pixels:,}; resize it or raise `max_pixels`'
+        )
+    if w == 0 or h == 0:
+        raise ImageReadError(name, f'empty image ({w}x{h})')
     try:
         im.load()
         im = ImageOps.exif_transpose(im)
-    except (OSError, SyntaxError, ValueError) as e: raise ImageReadError(name, f'truncated or corrupt: {e}') from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(name, f'truncated or corrupt: {e}') from None
     return _to_rgb(im)
 
 # %% ../../nbs/13_data.images.ipynb #f8dbbe76
 PROPERTIES = ('brightness', 'contrast', 'highlight', 'shadow', 'sharpness', 'width', 'height', 'aspect', 'grayscale')
 
+
 def image_properties(img: Image.Image) -> dict:
-    "Brightness, contrast, highlight/shadow (99th/1st luma percentile), sharpness (Laplacian variance), size, aspect ratio, grayness."
+    "Brightness, contrast, highlight/shadow (99th/1st luma percentile), sharpness (Laplacian variance), size, aspect."
     w, h = img.size
-    small = img if max(w, h) <= 256 else img.resize((max(1, round(w * 256 / max(w, h))), max(1, round(h * 256 / max(w, h)))), Image.Resampling.BILINEAR)
+    small = (
+        img
+        if max(w, h) <= 256
+        else img.resize(
+            (max(1, round(w * 256 / max(w, h))), max(1, round(h * 256 / max(w, h)))), Image.Resampling.BILINEAR
+        )
+    )
     a = np.asarray(small, dtype=np.float32) / 255
     luma = a @ np.array([0.299, 0.587, 0.114], np.float32)
-    lap = (luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1] - 4 * luma[1:-1, 1:-1]) if min(luma.shape) > 2 else np.zeros(1)
+    lap = (
+        (luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1] - 4 * luma[1:-1, 1:-1])
+        if min(luma.shape) > 2
+        else np.zeros(1)
+    )
     gray = bool(np.abs(a[..., 0] - a[..., 1]).max() < 1e-6 and np.abs(a[..., 1] - a[..., 2]).max() < 1e-6)
     lo, hi = np.percentile(luma, [1, 99])
-    return dict(brightness=float(luma.mean()), contrast=float(luma.std()), highlight=float(hi), shadow=float(lo), sharpness=float(lap.var()),
-                width=w, height=h, aspect=w / h, grayscale=gray)
+    return dict(
+        brightness=float(luma.mean()),
+        contrast=float(luma.std()),
+        highlight=float(hi),
+        shadow=float(lo),
+        sharpness=float(lap.var()),
+        width=w,
+        height=h,
+        aspect=w / h,
+        grayscale=gray,
+    )
 
 # %% ../../nbs/13_data.images.ipynb #cc778b38
 def check_images(samples: Samples, max_pixels: int = MAX_PIXELS) -> Samples:
     "Decode every image once: unreadable ones move to `skipped`, the others gain `img_<property>` columns."
     bad, props = [], []
     for p, full in zip(samples.df['path'], samples.paths()):
-        try: props.append(image_properties(open_image(full, max_pixels)))
-        except ImageReadError as e: bad.append(dict(path=p, reason=e.reason)); props.append(None)
+        try:
+            props.append(image_properties(open_image(full, max_pixels)))
+        except ImageReadError as e:
+            bad.append(dict(path=p, reason=e.reason))
+            props.append(None)
     ok = np.array([q is not None for q in props])
-    if not ok.any(): raise DataError(f'none of the {len(bad)} images in {samples.root} can be read (first: {bad[0]["path"]}: {bad[0]["reason"]})')
-    if bad: log.warning(f'{len(bad)} unreadable image(s) skipped (first: {bad[0]["path"]}: {bad[0]["reason"]})')
+    if not ok.any():
+        raise DataError(
+            f'none of the {len(bad)} images in {samples.root} can be read (first: {bad[0]["path"]}: {bad[0]["reason"]})'
+        )
+    if bad:
+        log.warning(f'{len(bad)} unreadable image(s) skipped (first: {bad[0]["path"]}: {bad[0]["reason"]})')
     df = samples.df[ok].drop(columns=[f'img_{k}' for k in PROPERTIES], errors='ignore').reset_index(drop=True)
     df = pd.concat([df, pd.DataFrame([q for q in props if q is not None]).add_prefix('img_')], axis=1)
-    skipped = pd.concat([samples.skipped, pd.DataFrame(bad, columns=['path', 'reason'])], ignore_index=True) if bad else samples.skipped
+    skipped = (
+        pd.concat([samples.skipped, pd.DataFrame(bad, columns=['path', 'reason'])], ignore_index=True)
+        if bad
+        else samples.skipped
+    )
     return Samples(df, samples.root, samples.task, samples.classes, skipped, samples.name)

@@ -1,4 +1,4 @@
-"""One scan, split-aware, that never crashes: unreadable and mislabelled-extension files, decompression bombs, exact and near duplicates, leakage across splits, dark/bright/blurry/flat/tiny/odd images, class imbalance and label issues, each with a score to rank by.
+"""One split-aware scan that never crashes: corrupt files, duplicates, leakage, odd images, imbalance, label issues.
 
 Docs: https://cvbench.github.io/cvbench/data.quality.html.md"""
 
@@ -8,11 +8,10 @@ Docs: https://cvbench.github.io/cvbench/data.quality.html.md"""
 from __future__ import annotations
 import hashlib, io, logging, os, warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from ..core import CvbenchError, write_json, write_text, markdown_table
 from .samples import Samples, DataError
 from .images import open_image, image_properties, ImageReadError, MAX_PIXELS, _magic_format
 
@@ -37,79 +36,145 @@ def hamming(a, b) -> np.ndarray:
 # %% ../../nbs/14_data.quality.ipynb #bcdecaa2
 def _chunks(radius: int) -> list[tuple[int, int]]:
     "`radius + 1` (shift, width) bit ranges covering 64 bits."
-    m = radius + 1; widths = [64 // m + (i < 64 % m) for i in range(m)]
+    m = radius + 1
+    widths = [64 // m + (i < 64 % m) for i in range(m)]
     return [(sum(widths[:i]), w) for i, w in enumerate(widths)]
+
 
 def near_duplicate_pairs(hashes, radius: int = 4, max_group: int = 5000) -> pd.DataFrame:
     "All pairs `(i, j)`, i < j, of 64-bit `hashes` within Hamming distance `radius`, with their distance."
-    h = np.asarray(hashes, dtype=np.uint64); found = []
+    h = np.asarray(hashes, dtype=np.uint64)
+    found = []
     for shift, width in _chunks(radius):
         key = (h >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        order = np.argsort(key, kind='stable'); k = key[order]
-        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]); sizes = np.diff(np.r_[starts, len(k)])
+        order = np.argsort(key, kind='stable')
+        k = key[order]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        sizes = np.diff(np.r_[starts, len(k)])
         for size in np.unique(sizes[sizes > 1]):
-            if size > max_group: log.warning(f'{size} hashes share one chunk value; they are compared pairwise (slow); are many images identical?')
+            if size > max_group:
+                log.warning(
+                    f'{size} hashes share one chunk value; they are compared pairwise (slow); '
+                    'are many images identical?'
+                )
             g = order[starts[sizes == size][:, None] + np.arange(size)]  # (groups, size) indices
             a, b = np.triu_indices(size, 1)
             i, j = g[:, a].ravel(), g[:, b].ravel()
-            d = hamming(h[i], h[j]); keep = d <= radius
+            d = hamming(h[i], h[j])
+            keep = d <= radius
             found.append(np.c_[np.minimum(i, j)[keep], np.maximum(i, j)[keep], d[keep]].astype(np.int64))
-    if not found: return pd.DataFrame(dict(i=np.zeros(0, np.int64), j=np.zeros(0, np.int64), distance=np.zeros(0, np.int64)))
+    if not found:
+        return pd.DataFrame(dict(i=np.zeros(0, np.int64), j=np.zeros(0, np.int64), distance=np.zeros(0, np.int64)))
     out = pd.DataFrame(np.concatenate(found), columns=['i', 'j', 'distance']).drop_duplicates(['i', 'j'])
     return out.sort_values(['i', 'j']).reset_index(drop=True)
+
 
 log = logging.getLogger(__name__)
 
 # %% ../../nbs/14_data.quality.ipynb #60377361
-_EXT_FORMATS = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.bmp': 'BMP', '.gif': 'GIF', '.tif': 'TIFF', '.tiff': 'TIFF',
-                '.webp': 'WEBP', '.ppm': 'PPM', '.pgm': 'PPM'}
+_EXT_FORMATS = {
+    '.jpg': 'JPEG',
+    '.jpeg': 'JPEG',
+    '.png': 'PNG',
+    '.bmp': 'BMP',
+    '.gif': 'GIF',
+    '.tif': 'TIFF',
+    '.tiff': 'TIFF',
+    '.webp': 'WEBP',
+    '.ppm': 'PPM',
+    '.pgm': 'PPM',
+}
 
-def scan_file(path: str|Path, max_pixels: int = MAX_PIXELS) -> dict:
+
+def scan_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> dict:
     "What one file is: size, format, extension match, header size, decode result, properties, pixel hash, pHash."
-    path = Path(path); row = dict(bytes=None, format=None, ext_mismatch=False, width=None, height=None, error=None, error_kind=None,
-                                  pixel_hash=None, phash=None)
+    path = Path(path)
+    row = dict(
+        bytes=None,
+        format=None,
+        ext_mismatch=False,
+        width=None,
+        height=None,
+        error=None,
+        error_kind=None,
+        pixel_hash=None,
+        phash=None,
+    )
     try:
-        data = path.read_bytes(); row['bytes'] = len(data)
+        data = path.read_bytes()
+        row['bytes'] = len(data)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             try:
-                with Image.open(io.BytesIO(data)) as im: row['format'], (row['width'], row['height']) = im.format, im.size
-            except Exception: row['format'] = _magic_format(data)
+                with Image.open(io.BytesIO(data)) as im:
+                    row['format'], (row['width'], row['height']) = im.format, im.size
+            except Exception:
+                row['format'] = _magic_format(data)
         exp = _EXT_FORMATS.get(path.suffix.lower())
         row['ext_mismatch'] = bool(row['format'] and exp and row['format'] != exp)
         if row['width'] and row['width'] * row['height'] > max_pixels:
-            row.update(error=f'too large: {row["width"]}x{row["height"]} pixels, not decoded', error_kind='oversized'); return row
+            row.update(error=f'too large: {row["width"]}x{row["height"]} pixels, not decoded', error_kind='oversized')
+            return row
         img = open_image(data, max_pixels)
         row.update({f'img_{k}': v for k, v in image_properties(img).items()})
         row['pixel_hash'] = hashlib.sha1(f'{img.size}'.encode() + img.tobytes()).hexdigest()[:16]
         row['phash'] = np.uint64(phash(img))
         row['thumb'] = np.asarray(img.convert('L').resize((16, 16), Image.Resampling.BILINEAR), dtype=np.uint8).ravel()
-    except ImageReadError as e: row.update(error=e.reason, error_kind='unreadable')
-    except Exception as e: row.update(error=f'{type(e).__name__}: {e}', error_kind='unreadable')
+    except ImageReadError as e:
+        row.update(error=e.reason, error_kind='unreadable')
+    except Exception as e:
+        row.update(error=f'{type(e).__name__}: {e}', error_kind='unreadable')
     return row
 
-def _scan_many(args): return [scan_file(p, m) for p, m in args]
 
-def scan_files(paths: list, n_workers: int|None = None, max_pixels: int = MAX_PIXELS, chunk: int = 256) -> pd.DataFrame:
+def _scan_many(args):
+    return [scan_file(p, m) for p, m in args]
+
+
+def scan_files(
+    paths: list, n_workers: int | None = None, max_pixels: int = MAX_PIXELS, chunk: int = 256
+) -> pd.DataFrame:
     "`scan_file` for every path, over `n_workers` processes (default: all cores); rows in the order of `paths`."
-    paths = [str(p) for p in paths]; n_workers = n_workers or os.cpu_count() or 1
-    batches = [[(p, max_pixels) for p in paths[i:i + chunk]] for i in range(0, len(paths), chunk)]
-    if n_workers == 1 or len(batches) == 1: rows = [r for b in batches for r in _scan_many(b)]
+    paths = [str(p) for p in paths]
+    n_workers = n_workers or os.cpu_count() or 1
+    batches = [[(p, max_pixels) for p in paths[i : i + chunk]] for i in range(0, len(paths), chunk)]
+    if n_workers == 1 or len(batches) == 1:
+        rows = [r for b in batches for r in _scan_many(b)]
     else:
-        with ProcessPoolExecutor(n_workers) as ex: rows = [r for res in ex.map(_scan_many, batches) for r in res]
+        with ProcessPoolExecutor(n_workers) as ex:
+            rows = [r for res in ex.map(_scan_many, batches) for r in res]
     return pd.DataFrame(rows)
 
 # %% ../../nbs/14_data.quality.ipynb #03ca9e26
-SEVERITY = dict(unreadable='error', oversized='error', leakage='error', group_leakage='error', exact_duplicate='warning', near_duplicate='warning',
-                ext_mismatch='warning', label_issue='warning', dark='info', overexposed='info', blurry='info', low_information='info', tiny='info',
-                odd_aspect='info', grayscale='info', class_imbalance='info')
+SEVERITY = dict(
+    unreadable='error',
+    oversized='error',
+    leakage='error',
+    group_leakage='error',
+    exact_duplicate='warning',
+    near_duplicate='warning',
+    ext_mismatch='warning',
+    label_issue='warning',
+    dark='info',
+    overexposed='info',
+    blurry='info',
+    low_information='info',
+    tiny='info',
+    odd_aspect='info',
+    grayscale='info',
+    class_imbalance='info',
+)
 LEVELS = {'info': 0, 'warning': 1, 'error': 2}
+
 
 @dataclass
 class QualityThresholds:
     "Thresholds of `find_issues` (ratios to the dataset's median unless said otherwise)."
+
     near_radius: int = 4  # pHash bits
-    thumb_tol: float = 3.0  # near duplicates must also agree on a 16x16 grayscale thumbnail (mean abs. difference, 0-255)
+    thumb_tol: float = (
+        3.0  # near duplicates must also agree on a 16x16 grayscale thumbnail (mean abs. difference, 0-255)
+    )
     dark_ratio: float = 0.45  # highlight (99th luma percentile) < ratio × median highlight
     bright_ratio: float = 0.5  # 1 − shadow (1st percentile) < ratio × (1 − median shadow)
     blur_ratio: float = 0.05  # sharpness < ratio × median
@@ -124,79 +189,170 @@ class QualityThresholds:
 def _issue(df, mask, issue, score, detail) -> pd.DataFrame:
     "Issue rows for the samples where `mask` holds."
     m = np.asarray(mask, bool)
-    if not m.any(): return pd.DataFrame()
+    if not m.any():
+        return pd.DataFrame()
     sub = df.loc[m, ['image_id', 'path', 'split', 'label']].copy()
     sub['issue'], sub['severity'] = issue, SEVERITY[issue]
     sub['score'] = np.broadcast_to(np.asarray(score, dtype=float), m.shape)[m] if np.ndim(score) else float(score)
     sub['details'] = np.broadcast_to(np.asarray(detail, dtype=object), m.shape)[m] if np.ndim(detail) else detail
     return sub
 
+
 def _property_issues(df: pd.DataFrame, t: QualityThresholds) -> list[pd.DataFrame]:
     "Dark, overexposed, blurry, flat, tiny, odd-aspect and stray grayscale images, relative to the dataset."
     ok = df['error_kind'].isna().to_numpy()
-    if not ok.any(): return []
+    if not ok.any():
+        return []
     med = lambda c: float(np.median(df.loc[ok, c]))
-    b, c, sh = df['img_highlight'].to_numpy(float), df['img_contrast'].to_numpy(float), df['img_sharpness'].to_numpy(float)
-    sd = df['img_shadow'].to_numpy(float); msd = float(np.median(sd[ok]))
-    side = np.minimum(df['img_width'], df['img_height']).to_numpy(float); asp = df['img_aspect'].to_numpy(float)
-    mb, mc, ms, mside, masp = med('img_highlight'), med('img_contrast'), med('img_sharpness'), float(np.median(side[ok])), med('img_aspect')
+    b, c, sh = (
+        df['img_highlight'].to_numpy(float),
+        df['img_contrast'].to_numpy(float),
+        df['img_sharpness'].to_numpy(float),
+    )
+    sd = df['img_shadow'].to_numpy(float)
+    msd = float(np.median(sd[ok]))
+    side = np.minimum(df['img_width'], df['img_height']).to_numpy(float)
+    asp = df['img_aspect'].to_numpy(float)
+    mb, mc, ms, mside, masp = (
+        med('img_highlight'),
+        med('img_contrast'),
+        med('img_sharpness'),
+        float(np.median(side[ok])),
+        med('img_aspect'),
+    )
     gray = df['img_grayscale'].fillna(False).to_numpy(bool)
     with np.errstate(divide='ignore', invalid='ignore'):
-        out = [_issue(df, ok & (b < t.dark_ratio * mb), 'dark', 1 - b / mb, [f'highlights at {x:.3f} (median {mb:.3f})' for x in b]),
-               _issue(df, ok & (1 - sd < t.bright_ratio * (1 - msd)), 'overexposed', sd, [f'shadows at {x:.3f} (median {msd:.3f})' for x in sd]),
-               _issue(df, ok & (c >= t.flat_ratio * mc) & (sh < t.blur_ratio * ms), 'blurry', 1 - sh / ms, [f'sharpness {x:.4g} (median {ms:.4g})' for x in sh]),
-               _issue(df, ok & (c < t.flat_ratio * mc), 'low_information', 1 - c / mc, [f'contrast {x:.4f} (median {mc:.4f})' for x in c]),
-               _issue(df, ok & (side < t.tiny_ratio * mside), 'tiny', 1 - side / mside, [f'shorter side {x:.0f} px (median {mside:.0f})' for x in side]),
-               _issue(df, ok & (np.maximum(asp / masp, masp / asp) > t.aspect_factor), 'odd_aspect', np.maximum(asp / masp, masp / asp), [f'aspect {x:.2f} (median {masp:.2f})' for x in asp])]
-    if gray[ok].mean() < 0.5: out.append(_issue(df, ok & gray, 'grayscale', 1.0, 'grayscale in a mostly colour dataset'))
+        out = [
+            _issue(
+                df,
+                ok & (b < t.dark_ratio * mb),
+                'dark',
+                1 - b / mb,
+                [f'highlights at {x:.3f} (median {mb:.3f})' for x in b],
+            ),
+            _issue(
+                df,
+                ok & (1 - sd < t.bright_ratio * (1 - msd)),
+                'overexposed',
+                sd,
+                [f'shadows at {x:.3f} (median {msd:.3f})' for x in sd],
+            ),
+            _issue(
+                df,
+                ok & (c >= t.flat_ratio * mc) & (sh < t.blur_ratio * ms),
+                'blurry',
+                1 - sh / ms,
+                [f'sharpness {x:.4g} (median {ms:.4g})' for x in sh],
+            ),
+            _issue(
+                df,
+                ok & (c < t.flat_ratio * mc),
+                'low_information',
+                1 - c / mc,
+                [f'contrast {x:.4f} (median {mc:.4f})' for x in c],
+            ),
+            _issue(
+                df,
+                ok & (side < t.tiny_ratio * mside),
+                'tiny',
+                1 - side / mside,
+                [f'shorter side {x:.0f} px (median {mside:.0f})' for x in side],
+            ),
+            _issue(
+                df,
+                ok & (np.maximum(asp / masp, masp / asp) > t.aspect_factor),
+                'odd_aspect',
+                np.maximum(asp / masp, masp / asp),
+                [f'aspect {x:.2f} (median {masp:.2f})' for x in asp],
+            ),
+        ]
+    if gray[ok].mean() < 0.5:
+        out.append(_issue(df, ok & gray, 'grayscale', 1.0, 'grayscale in a mostly colour dataset'))
     return out
 
 # %% ../../nbs/14_data.quality.ipynb #c3abfbb8
 def _clusters(n: int, pairs: np.ndarray) -> np.ndarray:
     "Connected components (union-find) of `n` items linked by `pairs`."
     parent = np.arange(n)
+
     def find(x):
-        while parent[x] != x: parent[x] = parent[parent[x]]; x = parent[x]
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
         return x
-    for i, j in pairs: parent[find(i)] = find(j)
+
+    for i, j in pairs:
+        parent[find(i)] = find(j)
     return np.array([find(i) for i in range(n)])
+
 
 def _duplicate_issues(df: pd.DataFrame, t: QualityThresholds) -> list[pd.DataFrame]:
     "Exact and near duplicates, and the leakage they cause across splits."
-    ok = np.flatnonzero(df['error_kind'].isna().to_numpy()); out = []
-    if len(ok) < 2: return out
+    ok = np.flatnonzero(df['error_kind'].isna().to_numpy())
+    out = []
+    if len(ok) < 2:
+        return out
     sub = df.iloc[ok].reset_index(drop=True)
     exact = sub.groupby('pixel_hash').cumcount().to_numpy() > 0
     first = sub.groupby('pixel_hash')['path'].transform('first').to_numpy()
-    out.append(_issue(df, np.isin(np.arange(len(df)), ok[exact]), 'exact_duplicate', 1.0, [f'same pixels as {f}' for f in _spread(first, ok, len(df), exact)]))
+    out.append(
+        _issue(
+            df,
+            np.isin(np.arange(len(df)), ok[exact]),
+            'exact_duplicate',
+            1.0,
+            [f'same pixels as {f}' for f in _spread(first, ok, len(df), exact)],
+        )
+    )
     pairs = near_duplicate_pairs(sub['phash'].to_numpy(np.uint64), t.near_radius)
-    if len(pairs):  # confirm on thumbnails: a resized or recompressed copy looks the same at 16x16, a merely similar image does not
+    if len(
+        pairs
+    ):  # confirm on thumbnails: a resized or recompressed copy looks the same at 16x16, a merely similar image does not
         th = np.stack(sub['thumb'].to_numpy()).astype(np.int16)
         pairs = pairs[np.abs(th[pairs.i.to_numpy()] - th[pairs.j.to_numpy()]).mean(1) <= t.thumb_tol]
     same_px = sub['pixel_hash'].to_numpy()
     near = pairs[same_px[pairs.i.to_numpy()] != same_px[pairs.j.to_numpy()]] if len(pairs) else pairs
-    comp = _clusters(len(sub), np.r_[pairs[['i', 'j']].to_numpy(), _exact_links(sub)].astype(int) if len(pairs) or exact.any() else np.zeros((0, 2), int))
+    comp = _clusters(
+        len(sub),
+        np.r_[pairs[['i', 'j']].to_numpy(), _exact_links(sub)].astype(int)
+        if len(pairs) or exact.any()
+        else np.zeros((0, 2), int),
+    )
     if len(near):
         flagged = {}
         for r in near.itertuples():
-            if r.j not in flagged: flagged[r.j] = (r.distance, sub.path[r.i])
-        m = np.zeros(len(df), bool); m[ok[list(flagged)]] = True
-        sc = np.zeros(len(df)); det = np.empty(len(df), object)
-        for j, (d, pth) in flagged.items(): sc[ok[j]] = 1 - d / 64; det[ok[j]] = f'pHash within {d} bits of {pth}'
+            if r.j not in flagged:
+                flagged[r.j] = (r.distance, sub.path[r.i])
+        m = np.zeros(len(df), bool)
+        m[ok[list(flagged)]] = True
+        sc = np.zeros(len(df))
+        det = np.empty(len(df), object)
+        for j, (d, pth) in flagged.items():
+            sc[ok[j]] = 1 - d / 64
+            det[ok[j]] = f'pHash within {d} bits of {pth}'
         out.append(_issue(df, m, 'near_duplicate', sc, det))
-    split = sub['split'].to_numpy(); m = np.zeros(len(df), bool); det = np.empty(len(df), object)
+    split = sub['split'].to_numpy()
+    m = np.zeros(len(df), bool)
+    det = np.empty(len(df), object)
     for c in np.unique(comp):
         mem = np.flatnonzero(comp == c)
-        if len(mem) < 2 or len(set(split[mem])) < 2: continue
+        if len(mem) < 2 or len(set(split[mem])) < 2:
+            continue
         src = mem[split[mem] == 'train'] if (split[mem] == 'train').any() else mem[:1]
         for k in mem:
-            if split[k] != split[src[0]]: m[ok[k]] = True; det[ok[k]] = f'duplicate of {split[src[0]]} image {sub.path[src[0]]}'
+            if split[k] != split[src[0]]:
+                m[ok[k]] = True
+                det[ok[k]] = f'duplicate of {split[src[0]]} image {sub.path[src[0]]}'
     out.append(_issue(df, m, 'leakage', 1.0, det))
     return out
 
+
 def _spread(vals, idx, n, mask):
     "Place `vals[mask]` at rows `idx[mask]` of a length-`n` array (other rows empty)."
-    out = np.empty(n, object); out[idx[mask]] = vals[mask]; return out
+    out = np.empty(n, object)
+    out[idx[mask]] = vals[mask]
+    return out
+
 
 def _exact_links(sub: pd.DataFrame) -> np.ndarray:
     "Pairs linking each image to the first image with the same pixels."
@@ -205,88 +361,189 @@ def _exact_links(sub: pd.DataFrame) -> np.ndarray:
     return np.c_[np.flatnonzero(first), head[first]].reshape(-1, 2)
 
 # %% ../../nbs/14_data.quality.ipynb #4e0768d3
-def _label_issues(df: pd.DataFrame, classes: list[str], pred_probs: np.ndarray|None, seed: int = 0) -> pd.DataFrame:
+def _label_issues(df: pd.DataFrame, classes: list[str], pred_probs: np.ndarray | None, seed: int = 0) -> pd.DataFrame:
     "cleanlab's confident learning on out-of-fold probabilities (given, or from a quick cross-validated pixel model)."
     from cleanlab.filter import find_label_issues
+
     ok = np.flatnonzero(df['error_kind'].isna().to_numpy())
     y = df['label'].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()[ok]
     if pred_probs is None:
         counts = np.bincount(y, minlength=len(classes))
-        if len(classes) < 2 or counts[counts > 0].min() < 5: return pd.DataFrame()
+        if len(classes) < 2 or counts[counts > 0].min() < 5:
+            return pd.DataFrame()
         from sklearn.svm import SVC
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import cross_val_predict, StratifiedKFold
+
         X = np.stack(df['thumb'].to_numpy()[ok]).astype(np.float32) / 255
-        model = SVC(probability=True, random_state=seed) if len(X) <= 20_000 else LogisticRegression(max_iter=300)  # RBF SVM: best quick model measured on MNIST
+        model = (
+            SVC(probability=True, random_state=seed) if len(X) <= 20_000 else LogisticRegression(max_iter=300)
+        )  # RBF SVM: best quick model measured on MNIST
         folds = StratifiedKFold(min(5, counts[counts > 0].min()), shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             pp = cross_val_predict(model, X, y, cv=folds, method='predict_proba')
-        if pp.shape[1] < len(classes): pp = np.pad(pp, ((0, 0), (0, len(classes) - pp.shape[1])))
-    else: pp = np.asarray(pred_probs)[ok]
+        if pp.shape[1] < len(classes):
+            pp = np.pad(pp, ((0, 0), (0, len(classes) - pp.shape[1])))
+    else:
+        pp = np.asarray(pred_probs)[ok]
     idx = find_label_issues(y, pp, filter_by='prune_by_noise_rate')
-    m = np.zeros(len(df), bool); m[ok[idx]] = True
-    score = np.zeros(len(df)); score[ok] = 1 - pp[np.arange(len(ok)), y]
-    sugg = np.empty(len(df), object); sugg[ok] = [f'given `{classes[a]}`, looks like `{classes[b]}` (p={pp[i, b]:.2f})' for i, (a, b) in enumerate(zip(y, pp.argmax(1)))]
+    m = np.zeros(len(df), bool)
+    m[ok[idx]] = True
+    score = np.zeros(len(df))
+    score[ok] = 1 - pp[np.arange(len(ok)), y]
+    sugg = np.empty(len(df), object)
+    sugg[ok] = [
+        f'given `{classes[a]}`, looks like `{classes[b]}` (p={pp[i, b]:.2f})'
+        for i, (a, b) in enumerate(zip(y, pp.argmax(1)))
+    ]
     return _issue(df, m, 'label_issue', score, sugg)
 
 # %% ../../nbs/14_data.quality.ipynb #1a5322af
-def find_issues(samples: Samples, scan: pd.DataFrame, thresholds: QualityThresholds|None = None, group: str|None = None,
-                pred_probs: np.ndarray|None = None) -> pd.DataFrame:
+def find_issues(
+    samples: Samples,
+    scan: pd.DataFrame,
+    thresholds: QualityThresholds | None = None,
+    group: str | None = None,
+    pred_probs: np.ndarray | None = None,
+) -> pd.DataFrame:
     "The issues table of a scanned samples table (rows of `scan` in the order of `samples.df`)."
     t = thresholds or QualityThresholds()
-    df = pd.concat([samples.df.reset_index(drop=True).drop(columns=[c for c in scan.columns if c in samples.df], errors='ignore'), scan.reset_index(drop=True)], axis=1)
+    df = pd.concat(
+        [
+            samples.df.reset_index(drop=True).drop(
+                columns=[c for c in scan.columns if c in samples.df], errors='ignore'
+            ),
+            scan.reset_index(drop=True),
+        ],
+        axis=1,
+    )
     err = df['error_kind'].fillna('').to_numpy()
-    parts = [_issue(df, err == 'unreadable', 'unreadable', 1.0, df['error']), _issue(df, err == 'oversized', 'oversized', 1.0, df['error']),
-             _issue(df, df['ext_mismatch'].to_numpy(bool), 'ext_mismatch', 1.0, [f'{f} bytes in a {Path(p).suffix} file' for f, p in zip(df['format'], df['path'])])]
+    parts = [
+        _issue(df, err == 'unreadable', 'unreadable', 1.0, df['error']),
+        _issue(df, err == 'oversized', 'oversized', 1.0, df['error']),
+        _issue(
+            df,
+            df['ext_mismatch'].to_numpy(bool),
+            'ext_mismatch',
+            1.0,
+            [f'{f} bytes in a {Path(p).suffix} file' for f, p in zip(df['format'], df['path'])],
+        ),
+    ]
     parts += _property_issues(df, t) + _duplicate_issues(df, t)
     if group is not None:
-        if group not in df: raise DataError(f'group column `{group}` is not in the samples table; it has {list(samples.df.columns)}')
-        spl = df.groupby(group)['split'].nunique(); bad = spl.index[spl > 1]
+        if group not in df:
+            raise DataError(f'group column `{group}` is not in the samples table; it has {list(samples.df.columns)}')
+        spl = df.groupby(group)['split'].nunique()
+        bad = spl.index[spl > 1]
         main = df['split'].value_counts().idxmax()
         m = df[group].isin(bad).to_numpy() & (df['split'] != main).to_numpy()
         parts.append(_issue(df, m, 'group_leakage', 1.0, [f'{group}={g} is also in split {main}' for g in df[group]]))
     counts = df['label'].astype(str).value_counts()
     small = counts[counts * t.imbalance <= counts.max()]
-    parts.append(_issue(df, df['label'].astype(str).isin(small.index).to_numpy(), 'class_imbalance', [counts.max() / counts[l] for l in df['label'].astype(str)],
-                        [f'{counts[l]} images vs {counts.max()} in the largest class' for l in df['label'].astype(str)]))
-    if t.label_issues: parts.append(_label_issues(df, samples.classes, pred_probs))
+    parts.append(
+        _issue(
+            df,
+            df['label'].astype(str).isin(small.index).to_numpy(),
+            'class_imbalance',
+            [counts.max() / counts[l] for l in df['label'].astype(str)],
+            [f'{counts[l]} images vs {counts.max()} in the largest class' for l in df['label'].astype(str)],
+        )
+    )
+    if t.label_issues:
+        parts.append(_label_issues(df, samples.classes, pred_probs))
     parts = [p for p in parts if len(p)]
     cols = ['image_id', 'path', 'split', 'label', 'issue', 'severity', 'score', 'details']
     out = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
-    return out.sort_values(['severity', 'issue', 'score'], key=lambda c: c.map(LEVELS) if c.name == 'severity' else c, ascending=[False, True, False]).reset_index(drop=True)
+    return out.sort_values(
+        ['severity', 'issue', 'score'],
+        key=lambda c: c.map(LEVELS) if c.name == 'severity' else c,
+        ascending=[False, True, False],
+    ).reset_index(drop=True)
 
 # %% ../../nbs/14_data.quality.ipynb #3ddbb66a
-def plant_defects(src: Samples, dest: str|Path, n_each: int = 5, seed: int = 0) -> tuple[Samples, pd.DataFrame]:
-    "Copy `src`'s images into an ImageFolder at `dest` with planted defects; return the samples and the truth (path, issue)."
+def plant_defects(src: Samples, dest: str | Path, n_each: int = 5, seed: int = 0) -> tuple[Samples, pd.DataFrame]:
+    "Copy `src`'s images into an ImageFolder at `dest` with planted defects; return the samples and the truth."
     from PIL import ImageFilter, ImageEnhance
-    rng = np.random.default_rng(seed); dest = Path(dest); df = src.df.reset_index(drop=True); truth = []
-    pick = rng.permutation(len(df)); k = iter(range(len(df)))
+
+    rng = np.random.default_rng(seed)
+    dest = Path(dest)
+    df = src.df.reset_index(drop=True)
+    truth = []
+    pick = rng.permutation(len(df))
+    k = iter(range(len(df)))
     take = lambda: df.iloc[pick[next(k)]]
     imgs = {}
-    for r in df.itertuples(): imgs[r.path] = open_image(src.root/r.path)
+    for r in df.itertuples():
+        imgs[r.path] = open_image(src.root / r.path)
+
     def save(img, label, name, split=None, fmt=None):
-        (dest/label).mkdir(parents=True, exist_ok=True); img.save(dest/label/name, fmt); return f'{label}/{name}'
-    for r in df.itertuples(): save(imgs[r.path], str(r.label), Path(r.path).name)
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        img.save(dest / label / name, fmt)
+        return f'{label}/{name}'
+
+    for r in df.itertuples():
+        save(imgs[r.path], str(r.label), Path(r.path).name)
     for i in range(n_each):
-        r = take(); p = save(imgs[r.path], str(r.label), f'{Path(r.path).stem}_copy.png'); truth.append((p, 'exact_duplicate'))
-        r = take(); im = imgs[r.path]; p = save(im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC), str(r.label), f'{Path(r.path).stem}_resized.jpg', fmt='JPEG'); truth.append((p, 'near_duplicate'))
-        r = take(); p = Path(r.path); imgs_dark = ImageEnhance.Brightness(imgs[r.path]).enhance(0.25); save(imgs_dark, str(r.label), f'{p.stem}.png'); truth.append((f'{r.label}/{p.stem}.png', 'dark'))
-        r = take(); p = Path(r.path); save(imgs[r.path].filter(ImageFilter.GaussianBlur(1.5)), str(r.label), f'{p.stem}.png'); truth.append((f'{r.label}/{p.stem}.png', 'blurry'))
-        r = take(); im = imgs[r.path]; (dest/r.path).unlink(); p = save(im.resize((max(1, im.width // 4), max(1, im.height // 4))), str(r.label), f'tiny_{i}.png'); truth.append((p, 'tiny'))
-        r = take(); (dest/r.path).unlink(); p = save(imgs[r.path], str(r.label), f'wrongext_{i}.jpg', fmt='PNG'); truth.append((p, 'ext_mismatch'))
-        r = take(); (dest/str(r.label)/f'corrupt_{i}.png').write_bytes((src.root/r.path).read_bytes()[:40]); truth.append((f'{r.label}/corrupt_{i}.png', 'unreadable'))
-        r = take(); other = [c for c in src.classes if c != str(r.label)][rng.integers(len(src.classes) - 1)]
-        (dest/other).mkdir(parents=True, exist_ok=True); p = Path(r.path); (dest/str(r.label)/p.name).unlink()
-        save(imgs[r.path], other, p.name); truth.append((f'{other}/{p.name}', 'label_issue'))
+        r = take()
+        p = save(imgs[r.path], str(r.label), f'{Path(r.path).stem}_copy.png')
+        truth.append((p, 'exact_duplicate'))
+        r = take()
+        im = imgs[r.path]
+        p = save(
+            im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC),
+            str(r.label),
+            f'{Path(r.path).stem}_resized.jpg',
+            fmt='JPEG',
+        )
+        truth.append((p, 'near_duplicate'))
+        r = take()
+        p = Path(r.path)
+        imgs_dark = ImageEnhance.Brightness(imgs[r.path]).enhance(0.25)
+        save(imgs_dark, str(r.label), f'{p.stem}.png')
+        truth.append((f'{r.label}/{p.stem}.png', 'dark'))
+        r = take()
+        p = Path(r.path)
+        save(imgs[r.path].filter(ImageFilter.GaussianBlur(1.5)), str(r.label), f'{p.stem}.png')
+        truth.append((f'{r.label}/{p.stem}.png', 'blurry'))
+        r = take()
+        im = imgs[r.path]
+        (dest / r.path).unlink()
+        p = save(im.resize((max(1, im.width // 4), max(1, im.height // 4))), str(r.label), f'tiny_{i}.png')
+        truth.append((p, 'tiny'))
+        r = take()
+        (dest / r.path).unlink()
+        p = save(imgs[r.path], str(r.label), f'wrongext_{i}.jpg', fmt='PNG')
+        truth.append((p, 'ext_mismatch'))
+        r = take()
+        (dest / str(r.label) / f'corrupt_{i}.png').write_bytes((src.root / r.path).read_bytes()[:40])
+        truth.append((f'{r.label}/corrupt_{i}.png', 'unreadable'))
+        r = take()
+        other = [c for c in src.classes if c != str(r.label)][rng.integers(len(src.classes) - 1)]
+        (dest / other).mkdir(parents=True, exist_ok=True)
+        p = Path(r.path)
+        (dest / str(r.label) / p.name).unlink()
+        save(imgs[r.path], other, p.name)
+        truth.append((f'{other}/{p.name}', 'label_issue'))
     from cvbench.data.formats import read_imagefolder
+
     return read_imagefolder(dest), pd.DataFrame(truth, columns=['path', 'issue'])
+
 
 def recall_precision(issues: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     "Per planted issue type: how many planted were found (recall) and how many found were planted (precision)."
     rows = []
     for kind, g in truth.groupby('issue'):
-        found = set(issues.path[issues.issue == kind]); planted = set(g.path)
-        rows.append(dict(issue=kind, planted=len(planted), flagged=len(found), hit=len(found & planted),
-                         recall=len(found & planted) / len(planted), precision=len(found & planted) / len(found) if found else float('nan')))
+        found = set(issues.path[issues.issue == kind])
+        planted = set(g.path)
+        rows.append(
+            dict(
+                issue=kind,
+                planted=len(planted),
+                flagged=len(found),
+                hit=len(found & planted),
+                recall=len(found & planted) / len(planted),
+                precision=len(found & planted) / len(found) if found else float('nan'),
+            )
+        )
     return pd.DataFrame(rows)

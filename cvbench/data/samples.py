@@ -1,4 +1,4 @@
-"""The first contract: one row per image, its split, its targets and its metadata; the task, the class list and a content version id travel with it.
+"""The first contract: one row per image with its split, targets and metadata; task, classes and version with it.
 
 Docs: https://cvbench.github.io/cvbench/data.samples.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://cvbench.github.io/cvbench/data.samples.html.md"""
 
 # %% ../../nbs/10_data.samples.ipynb #76c2b94f
 from __future__ import annotations
-import hashlib, json, logging
+import hashlib, json
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
 from ..core import CvbenchError, atomic_path, file_digest
@@ -24,57 +24,94 @@ REQUIRED = ('image_id', 'path', 'split', 'label')
 # %% ../../nbs/10_data.samples.ipynb #bd09721c
 class Samples:
     "The samples table: `df` (one row per image), `root`, `task`, `classes`, and the images `skipped`."
-    def __init__(self, df: pd.DataFrame, # columns `image_id`, `path`, `split`, `label` plus metadata
-                 root: str|Path, # folder the `path` column is relative to
-                 task: str = 'classification',
-                 classes: list[str]|None = None, # class list; default: sorted labels
-                 skipped: pd.DataFrame|None = None, # images left out, with `path` and `reason`
-                 name: str|None = None):
+
+    def __init__(
+        self,
+        df: pd.DataFrame,  # columns `image_id`, `path`, `split`, `label` plus metadata
+        root: str | Path,  # folder the `path` column is relative to
+        task: str = 'classification',
+        classes: list[str] | None = None,  # class list; default: sorted labels
+        skipped: pd.DataFrame | None = None,  # images left out, with `path` and `reason`
+        name: str | None = None,
+    ):
         self.df, self.root, self.task, self.name = df.reset_index(drop=True), Path(root), task, name
-        self.classes = list(classes) if classes is not None else sorted(self.df['label'].astype(str).unique()) if 'label' in df else []
+        self.classes = (
+            list(classes)
+            if classes is not None
+            else sorted(self.df['label'].astype(str).unique())
+            if 'label' in df
+            else []
+        )
         self.skipped = skipped if skipped is not None else pd.DataFrame(columns=['path', 'reason'])
         self._version = None
         self.validate()
 
-    def __len__(self): return len(self.df)
-    def __repr__(self): return f'Samples({self.name or self.root.name!r}: {len(self)} images, {len(self.classes)} classes, splits {self.split_counts()})'
+    def __len__(self):
+        return len(self.df)
+
+    def __repr__(self):
+        name = self.name or self.root.name
+        return f'Samples({name!r}: {len(self)} images, {len(self.classes)} classes, splits {self.split_counts()})'
 
 # %% ../../nbs/10_data.samples.ipynb #a0f22c6e
 def _validate(self: Samples):
     "Check columns, unique ids, labels in `classes` and split names."
     missing = [c for c in REQUIRED if c not in self.df]
-    if missing: raise DataError(f'samples table lacks column(s) {missing}; it has {list(self.df.columns)}')
-    if len(self.df) == 0: raise DataError(f'no usable images in {self.root}' + (f' ({len(self.skipped)} skipped: see `skipped`)' if len(self.skipped) else '') + '; check the path and the file extensions')
+    if missing:
+        raise DataError(f'samples table lacks column(s) {missing}; it has {list(self.df.columns)}')
+    if len(self.df) == 0:
+        raise DataError(
+            f'no usable images in {self.root}'
+            + (f' ({len(self.skipped)} skipped: see `skipped`)' if len(self.skipped) else '')
+            + '; check the path and the file extensions'
+        )
     dup = self.df['image_id'][self.df['image_id'].duplicated()]
-    if len(dup): raise DataError(f'image_id must be unique; repeated: {list(dup[:3])}')
+    if len(dup):
+        raise DataError(f'image_id must be unique; repeated: {list(dup[:3])}')
     unknown = sorted(set(self.df['label'].astype(str)) - set(self.classes))
-    if unknown: raise DataError(f'labels {unknown[:5]} are not in the class list {self.classes[:10]}')
+    if unknown:
+        raise DataError(f'labels {unknown[:5]} are not in the class list {self.classes[:10]}')
     bad = sorted(set(self.df['split']) - set(SPLITS) - {''})
-    if bad: raise DataError(f'unknown split name(s) {bad}; use {SPLITS} (or leave empty to split automatically)')
+    if bad:
+        raise DataError(f'unknown split name(s) {bad}; use {SPLITS} (or leave empty to split automatically)')
     return self
+
+
 Samples.validate = _validate
 
 # %% ../../nbs/10_data.samples.ipynb #b034a373
 def _split_counts(self: Samples) -> dict:
     "Number of images per split."
     return {k: int(v) for k, v in self.df['split'].replace('', 'unsplit').value_counts().sort_index().items()}
+
+
 Samples.split_counts = _split_counts
 
-def _subset(self: Samples, split: str|None) -> Samples:
+
+def _subset(self: Samples, split: str | None) -> Samples:
     "The rows of one split (all rows for `None`), same root and classes."
     df = self.df if split is None else self.df[self.df['split'] == split]
-    if split is not None and len(df) == 0: raise DataError(f'split `{split}` is empty; splits here: {self.split_counts()}')
+    if split is not None and len(df) == 0:
+        raise DataError(f'split `{split}` is empty; splits here: {self.split_counts()}')
     return Samples(df, self.root, self.task, self.classes, self.skipped, self.name)
+
+
 Samples.subset = _subset
+
 
 def _paths(self: Samples) -> list[Path]:
     "Absolute paths of the images."
-    return [self.root/p for p in self.df['path']]
+    return [self.root / p for p in self.df['path']]
+
+
 Samples.paths = _paths
+
 
 def _targets(self: Samples) -> np.ndarray:
     "Class indices of the labels."
     return self.df['label'].astype(str).map({c: i for i, c in enumerate(self.classes)}).to_numpy()
+
+
 Samples.targets = _targets
 
 # %% ../../nbs/10_data.samples.ipynb #8f5a8546
@@ -89,23 +126,42 @@ def _version(self: Samples) -> str:
 Samples.version = property(_version)
 
 # %% ../../nbs/10_data.samples.ipynb #349a9597
-def _save(self: Samples, path: str|Path) -> Path:
+def _save(self: Samples, path: str | Path) -> Path:
     "Write the table to parquet atomically, with root, task, classes, version and skipped images as metadata."
-    meta = dict(root=str(self.root), task=self.task, classes=self.classes, name=self.name, version=self.version,
-                skipped=self.skipped.astype(str).to_dict('records'))
+    meta = dict(
+        root=str(self.root),
+        task=self.task,
+        classes=self.classes,
+        name=self.name,
+        version=self.version,
+        skipped=self.skipped.astype(str).to_dict('records'),
+    )
     t = pa.Table.from_pandas(self.df, preserve_index=False)
     t = t.replace_schema_metadata({**(t.schema.metadata or {}), b'cvbench': json.dumps(meta).encode()})
-    with atomic_path(path) as tmp: pq.write_table(t, tmp)
+    with atomic_path(path) as tmp:
+        pq.write_table(t, tmp)
     return Path(path)
+
+
 Samples.save = _save
 
-def load_samples_table(path: str|Path) -> Samples:
+
+def load_samples_table(path: str | Path) -> Samples:
     "Read a samples table written by `Samples.save`."
     path = Path(path)
-    if not path.is_file(): raise DataError(f'samples table {path} does not exist')
+    if not path.is_file():
+        raise DataError(f'samples table {path} does not exist')
     t = pq.read_table(path)
     raw = (t.schema.metadata or {}).get(b'cvbench')
-    if raw is None: raise DataError(f'{path} is a parquet file but not a cvbench samples table (no `cvbench` metadata)')
+    if raw is None:
+        raise DataError(f'{path} is a parquet file but not a cvbench samples table (no `cvbench` metadata)')
     m = json.loads(raw)
-    s = Samples(t.to_pandas(), m['root'], m['task'], m['classes'], pd.DataFrame(m['skipped'], columns=['path', 'reason']), m.get('name'))
+    s = Samples(
+        t.to_pandas(),
+        m['root'],
+        m['task'],
+        m['classes'],
+        pd.DataFrame(m['skipped'], columns=['path', 'reason']),
+        m.get('name'),
+    )
     return s

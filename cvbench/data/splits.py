@@ -1,4 +1,4 @@
-"""Seeded train/validation(/test) splits written into the samples table: stratified by label, grouped by a column (patient, site, video), and duplicate-aware, so that near-identical images never straddle two splits.
+"""Seeded splits written into the samples table: stratified, grouped by a column, and duplicate-aware.
 
 Docs: https://cvbench.github.io/cvbench/data.splits.html.md"""
 
@@ -16,19 +16,26 @@ __all__ = ['log', 'split_samples', 'group_split', 'duplicate_groups']
 # %% ../../nbs/15_data.splits.ipynb #a4a2854d
 log = logging.getLogger(__name__)
 
-def split_samples(samples: Samples, # table whose `split` column may be empty
-                  valid_pct: float = 0.2, # fraction of each class sent to `valid`
-                  seed: int = 0,
-                 ) -> Samples:
+
+def split_samples(
+    samples: Samples,  # table whose `split` column may be empty
+    valid_pct: float = 0.2,  # fraction of each class sent to `valid`
+    seed: int = 0,
+) -> Samples:
     "Assign `train`/`valid` to rows with an empty split, stratified by label; rows with a split keep it."
     from sklearn.model_selection import train_test_split
-    if not 0 < valid_pct < 1: raise DataError(f'`data.valid_pct` must be between 0 and 1, got {valid_pct}')
-    df = samples.df.copy(); todo = df.index[df['split'] == '']
-    if len(todo) == 0: return samples
+
+    if not 0 < valid_pct < 1:
+        raise DataError(f'`data.valid_pct` must be between 0 and 1, got {valid_pct}')
+    df = samples.df.copy()
+    todo = df.index[df['split'] == '']
+    if len(todo) == 0:
+        return samples
     labels = df.loc[todo, 'label']
     counts = labels.value_counts()
     strat = labels if counts.min() >= 2 and len(todo) * valid_pct >= len(counts) else None
-    if strat is None: log.warning('too few images per class to stratify; splitting at random')
+    if strat is None:
+        log.warning('too few images per class to stratify; splitting at random')
     tr, va = train_test_split(todo, test_size=valid_pct, random_state=seed, stratify=strat)
     df.loc[tr, 'split'], df.loc[va, 'split'] = 'train', 'valid'
     return Samples(df, samples.root, samples.task, samples.classes, samples.skipped, samples.name)
@@ -37,31 +44,51 @@ def split_samples(samples: Samples, # table whose `split` column may be empty
 def group_split(samples: Samples, groups, valid_pct: float = 0.2, test_pct: float = 0.0, seed: int = 0) -> Samples:
     "Assign train/valid(/test) so that no value of `groups` (one per row) spans two splits, stratified by label."
     from sklearn.model_selection import StratifiedGroupKFold
-    if not 0 < valid_pct < 1 or not 0 <= test_pct < 1 or valid_pct + test_pct >= 1: raise DataError(f'valid_pct={valid_pct} and test_pct={test_pct} must be fractions that leave room for training')
-    df = samples.df.copy(); g = pd.Series(np.asarray(groups)).astype(str).to_numpy(); y = df['label'].astype(str).to_numpy()
-    if len(g) != len(df): raise DataError(f'{len(g)} group values for {len(df)} images')
+
+    if not 0 < valid_pct < 1 or not 0 <= test_pct < 1 or valid_pct + test_pct >= 1:
+        raise DataError(f'valid_pct={valid_pct} and test_pct={test_pct} must be fractions that leave room for training')
+    df = samples.df.copy()
+    g = pd.Series(np.asarray(groups)).astype(str).to_numpy()
+    y = df['label'].astype(str).to_numpy()
+    if len(g) != len(df):
+        raise DataError(f'{len(g)} group values for {len(df)} images')
+
     def carve(idx, frac, seed):
         k = max(2, round(1 / frac))
-        if len(set(g[idx])) < k: raise DataError(f'only {len(set(g[idx]))} groups: too few to split {frac:.0%} off by group')
+        if len(set(g[idx])) < k:
+            raise DataError(f'only {len(set(g[idx]))} groups: too few to split {frac:.0%} off by group')
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # "least populated class" warnings on small data
             _, held = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, y[idx], g[idx]))
         return idx[held]
-    split = np.array(['train'] * len(df), dtype=object); rest = np.arange(len(df))
-    if test_pct: te = carve(rest, test_pct, seed); split[te] = 'test'; rest = np.setdiff1d(rest, te)
-    va = carve(rest, valid_pct / (1 - test_pct), seed + 1); split[va] = 'valid'
+
+    split = np.array(['train'] * len(df), dtype=object)
+    rest = np.arange(len(df))
+    if test_pct:
+        te = carve(rest, test_pct, seed)
+        split[te] = 'test'
+        rest = np.setdiff1d(rest, te)
+    va = carve(rest, valid_pct / (1 - test_pct), seed + 1)
+    split[va] = 'valid'
     df['split'] = split
     return Samples(df, samples.root, samples.task, samples.classes, samples.skipped, samples.name)
+
 
 def duplicate_groups(n: int, pairs: pd.DataFrame, base=None) -> np.ndarray:
     "Group labels joining rows linked by duplicate `pairs` (columns i, j), optionally within existing `base` groups."
     parent = np.arange(n)
+
     def find(x):
-        while parent[x] != x: parent[x] = parent[parent[x]]; x = parent[x]
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
         return x
+
     links = list(zip(pairs['i'], pairs['j'])) if len(pairs) else []
     if base is not None:
         first = {}
-        for k, v in enumerate(np.asarray(base).astype(str)): links.append((k, first.setdefault(v, k)))
-    for i, j in links: parent[find(int(i))] = find(int(j))
+        for k, v in enumerate(np.asarray(base).astype(str)):
+            links.append((k, first.setdefault(v, k)))
+    for i, j in links:
+        parent[find(int(i))] = find(int(j))
     return np.array([find(i) for i in range(n)])

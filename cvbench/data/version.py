@@ -1,4 +1,4 @@
-"""A manifest of per-file content hashes and labels that identifies a dataset by what it contains, and a diff that says what changed between two versions: added, removed, changed, relabelled, moved between splits.
+"""A content manifest that identifies a dataset by what it holds, and a diff of what changed between versions.
 
 Docs: https://cvbench.github.io/cvbench/data.version.html.md"""
 
@@ -6,7 +6,6 @@ Docs: https://cvbench.github.io/cvbench/data.version.html.md"""
 
 # %% ../../nbs/16_data.version.ipynb #9409f62d
 from __future__ import annotations
-import hashlib, json
 from pathlib import Path
 import pandas as pd
 from ..core import file_digest, write_text
@@ -19,37 +18,61 @@ __all__ = ['manifest', 'save_manifest', 'read_manifest', 'diff_manifests']
 def manifest(samples: Samples) -> pd.DataFrame:
     "Per image: path, label, split, bytes and SHA-1 of the file."
     df = samples.df[['path', 'label', 'split']].astype(str).copy()
-    df['bytes'] = [(samples.root/p).stat().st_size for p in df['path']]
-    df['sha1'] = [file_digest(samples.root/p) for p in df['path']]
+    df['bytes'] = [(samples.root / p).stat().st_size for p in df['path']]
+    df['sha1'] = [file_digest(samples.root / p) for p in df['path']]
     df.attrs['version'] = samples.version
     return df.sort_values('path').reset_index(drop=True)
 
-def save_manifest(m: pd.DataFrame, path: str|Path) -> Path:
+
+def save_manifest(m: pd.DataFrame, path: str | Path) -> Path:
     "Write a manifest as CSV (atomically), its version id in a first comment line."
     return write_text(path, f'# cvbench manifest, version {m.attrs.get("version", "")}\n' + m.to_csv(index=False))
 
-def read_manifest(path: str|Path) -> pd.DataFrame:
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
     "Read a manifest written by `save_manifest`."
     p = Path(path)
-    if not p.is_file(): raise DataError(f'manifest {p} does not exist')
-    with open(p, 'rb') as f: first = f.readline(200).decode('utf-8', 'replace').rstrip('\n')
-    if not first.startswith('# cvbench manifest'): raise DataError(f'{p} is not a cvbench manifest (write one with `cvbench data version DATASET --out FILE`)')
-    m = pd.read_csv(p, comment=None, skiprows=1, dtype=str, keep_default_na=False); m.attrs['version'] = first.rsplit(' ', 1)[-1]
+    if not p.is_file():
+        raise DataError(f'manifest {p} does not exist')
+    with open(p, 'rb') as f:
+        first = f.readline(200).decode('utf-8', 'replace').rstrip('\n')
+    if not first.startswith('# cvbench manifest'):
+        raise DataError(f'{p} is not a cvbench manifest (write one with `cvbench data version DATASET --out FILE`)')
+    m = pd.read_csv(p, comment=None, skiprows=1, dtype=str, keep_default_na=False)
+    m.attrs['version'] = first.rsplit(' ', 1)[-1]
     return m
 
 # %% ../../nbs/16_data.version.ipynb #3eb35747
 def diff_manifests(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    "One row per difference: `added`, `removed`, `changed` (content), `relabelled` (label, or same bytes moved to another class), `moved`, `resplit`."
-    o, n = old.set_index('path'), new.set_index('path'); rows = []
+    "One row per difference: `added`, `removed`, `changed`, `relabelled` (or moved class), `moved`, `resplit`."
+    o, n = old.set_index('path'), new.set_index('path')
+    rows = []
     gone = {o.sha1[p]: p for p in o.index.difference(n.index)}
     for p in n.index.difference(o.index):
         q = gone.pop(n.sha1[p], None)  # the same bytes under another path: a move (between class folders, a relabel)
-        if q is None: rows.append(dict(path=p, change='added', old='', new=n.label[p]))
-        else: rows.append(dict(path=p, change='relabelled' if o.label[q] != n.label[p] else 'moved', old=f'{q} ({o.label[q]})', new=n.label[p]))
-    for p in gone.values(): rows.append(dict(path=p, change='removed', old=o.label[p], new=''))
+        if q is None:
+            rows.append(dict(path=p, change='added', old='', new=n.label[p]))
+        else:
+            rows.append(
+                dict(
+                    path=p,
+                    change='relabelled' if o.label[q] != n.label[p] else 'moved',
+                    old=f'{q} ({o.label[q]})',
+                    new=n.label[p],
+                )
+            )
+    for p in gone.values():
+        rows.append(dict(path=p, change='removed', old=o.label[p], new=''))
     both = o.index.intersection(n.index)
     for p in both:
-        if o.sha1[p] != n.sha1[p]: rows.append(dict(path=p, change='changed', old=o.sha1[p][:10], new=n.sha1[p][:10]))
-        if o.label[p] != n.label[p]: rows.append(dict(path=p, change='relabelled', old=o.label[p], new=n.label[p]))
-        if o.split[p] != n.split[p]: rows.append(dict(path=p, change='resplit', old=o.split[p], new=n.split[p]))
-    return pd.DataFrame(rows, columns=['path', 'change', 'old', 'new']).sort_values(['change', 'path']).reset_index(drop=True)
+        if o.sha1[p] != n.sha1[p]:
+            rows.append(dict(path=p, change='changed', old=o.sha1[p][:10], new=n.sha1[p][:10]))
+        if o.label[p] != n.label[p]:
+            rows.append(dict(path=p, change='relabelled', old=o.label[p], new=n.label[p]))
+        if o.split[p] != n.split[p]:
+            rows.append(dict(path=p, change='resplit', old=o.split[p], new=n.split[p]))
+    return (
+        pd.DataFrame(rows, columns=['path', 'change', 'old', 'new'])
+        .sort_values(['change', 'path'])
+        .reset_index(drop=True)
+    )

@@ -1,4 +1,4 @@
-"""Honest numbers for a model package: latency percentiles at batch 1 and throughput over batch sizes for every backend, model-only and end-to-end, with warm-up, fixed threads, peak memory measured in a separate process, size, parameters and MACs, cost per thousand inferences; and ONNX Runtime int8 quantization recommended only when the measurements support it.
+"""Honest latency, throughput, memory, size and cost numbers for a package, and int8 quantization when it holds up.
 
 Docs: https://cvbench.github.io/cvbench/deploy.bench.html.md"""
 
@@ -6,11 +6,11 @@ Docs: https://cvbench.github.io/cvbench/deploy.bench.html.md"""
 
 # %% ../../nbs/43_deploy.bench.ipynb #62e19357
 from __future__ import annotations
-import json, os, platform, shutil, subprocess, sys, time, tempfile
+import shutil, subprocess, sys, time, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from ..core import CvbenchError, write_text, write_json, environment_info
-from .package import read_package, finalize_package, sha256
+from ..core import CvbenchError, write_json, environment_info
+from .package import PackageDir, read_package, finalize_package
 from ..transforms import load_spec
 
 # %% auto #0
@@ -19,31 +19,47 @@ __all__ = ['time_calls', 'backends', 'model_stats', 'peak_rss_mb', 'bench_packag
 # %% ../../nbs/43_deploy.bench.ipynb #1c496857
 def time_calls(fn, warmup: int = 5, iters: int = 50) -> np.ndarray:
     "Seconds per call of `fn()` over `iters` timed calls after `warmup` untimed ones."
-    for _ in range(warmup): fn()
+    for _ in range(warmup):
+        fn()
     out = np.empty(iters)
-    for i in range(iters): t0 = time.perf_counter(); fn(); out[i] = time.perf_counter() - t0
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
     return out
 
-def backends(package: Path, threads: int, only: str|None = None) -> dict:
+
+def backends(package: Path, threads: int, only: str | None = None) -> dict:
     "Model-only callables `f(x: float32 NCHW) -> logits` for every format in the package (or just `only`)."
     import onnxruntime as ort
     from cvbench.models import load_checkpoint
-    torch.set_num_threads(threads); fns = {}
+
+    torch.set_num_threads(threads)
+    pk = PackageDir(package)
+    fns = {}
     want = lambda n: only is None or only == n
     if want('pytorch eager'):
-        model, _ = load_checkpoint(package/'model.safetensors')
+        model, _ = load_checkpoint(pk.model)
+
         def eager(x):
-            with torch.no_grad(): return model(torch.from_numpy(x)).numpy()
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).numpy()
+
         fns['pytorch eager'] = eager
-    if want('torchscript') and (package/'model.ts').is_file():
-        ts = torch.jit.load(str(package/'model.ts')).eval()
+    if want('torchscript') and pk.has('torchscript'):
+        ts = torch.jit.load(str(pk.torchscript)).eval()
+
         def scripted(x):
-            with torch.no_grad(): return ts(torch.from_numpy(x)).numpy()
+            with torch.no_grad():
+                return ts(torch.from_numpy(x)).numpy()
+
         fns['torchscript'] = scripted
-    for name, f in (('ort fp32', 'model.onnx'), ('ort int8', 'model.int8.onnx')):
-        if want(name) and (package/f).is_file():
-            so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-            s = ort.InferenceSession(str(package/f), so, providers=['CPUExecutionProvider'])
+    for name, f in (('ort fp32', pk.onnx), ('ort int8', pk.int8)):
+        if want(name) and f.is_file():
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            s = ort.InferenceSession(str(f), so, providers=['CPUExecutionProvider'])
             fns[name] = (lambda s: lambda x: s.run(None, {'input': x})[0])(s)
     return fns
 
@@ -52,11 +68,18 @@ def model_stats(package: Path) -> dict:
     "Parameters, multiply-accumulates per image, and file sizes of a package."
     from cvbench.models import load_checkpoint
     from torch.utils.flop_counter import FlopCounterMode
-    model, meta = load_checkpoint(package/'model.safetensors'); spec = load_spec(package/'preprocess.json')
+
+    pk = PackageDir(package)
+    model, meta = load_checkpoint(pk.model)
+    spec = load_spec(pk.preprocess)
     fc = FlopCounterMode(display=False)
-    with fc, torch.no_grad(): model(torch.zeros(1, 3, *spec.size))
-    sizes = {f: round((package/f).stat().st_size / 2**20, 3) for f in ('model.safetensors', 'model.onnx', 'model.int8.onnx', 'model.ts') if (package/f).is_file()}
-    return dict(params=int(sum(p.numel() for p in model.parameters())), macs=int(fc.get_total_flops() // 2), size_mb=sizes)
+    with fc, torch.no_grad():
+        model(torch.zeros(1, 3, *spec.size))
+    files = (pk.model, pk.onnx, pk.int8, pk.torchscript)
+    sizes = {f.name: round(f.stat().st_size / 2**20, 3) for f in files if f.is_file()}
+    return dict(
+        params=int(sum(p.numel() for p in model.parameters())), macs=int(fc.get_total_flops() // 2), size_mb=sizes
+    )
 
 # %% ../../nbs/43_deploy.bench.ipynb #858d1a9c
 _RSS = '''
@@ -64,79 +87,171 @@ import sys, resource, numpy as np
 from pathlib import Path
 from cvbench.deploy.bench import backends
 fns = backends(Path(sys.argv[1]), int(sys.argv[3]), only=sys.argv[2]); f = fns[sys.argv[2]]
-x = np.random.default_rng(0).standard_normal((int(sys.argv[4]), 3, int(sys.argv[5]), int(sys.argv[6]))).astype(np.float32)
+shape = (int(sys.argv[4]), 3, int(sys.argv[5]), int(sys.argv[6]))
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 for _ in range(5): f(x)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 '''
 
+
 def peak_rss_mb(package: Path, backend: str, threads: int = 2, batch: int = 8) -> float:
     "Peak RSS (MB) of a fresh process that loads `backend` and runs a few batches."
-    spec = load_spec(package/'preprocess.json')
-    r = subprocess.run([sys.executable, '-c', _RSS, str(package), backend, str(threads), str(batch), *map(str, spec.size)], capture_output=True, text=True, timeout=300)
-    if r.returncode: raise CvbenchError(f'memory measurement of {backend} failed: {r.stderr[-500:]}')
+    spec = load_spec(PackageDir(package).preprocess)
+    r = subprocess.run(
+        [sys.executable, '-c', _RSS, str(package), backend, str(threads), str(batch), *map(str, spec.size)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if r.returncode:
+        raise CvbenchError(f'memory measurement of {backend} failed: {r.stderr[-500:]}')
     return int(r.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
 
 # %% ../../nbs/43_deploy.bench.ipynb #2abce342
-def bench_package(package: str|Path, threads: int = 2, batch_sizes: tuple = (1, 8, 32), iters: int = 50, warmup: int = 5,
-                  price_per_hour: float = 0.10, images: list|None = None, memory: bool = True) -> dict:
+def bench_package(
+    package: str | Path,
+    threads: int = 2,
+    batch_sizes: tuple = (1, 8, 32),
+    iters: int = 50,
+    warmup: int = 5,
+    price_per_hour: float = 0.10,
+    images: list | None = None,
+    memory: bool = True,
+) -> dict:
     "Latency, throughput, end-to-end time, memory, size and cost of every backend of a package."
     from cvbench.deploy.predictor import Predictor
-    package = Path(package); m = read_package(package); spec = load_spec(package/'preprocess.json')
-    fns = backends(package, threads); rng = np.random.default_rng(0); rows = []
+
+    package = Path(package)
+    read_package(package)
+    spec = load_spec(PackageDir(package).preprocess)
+    fns = backends(package, threads)
+    rng = np.random.default_rng(0)
+    rows = []
     for name, f in fns.items():
         for bs in batch_sizes:
             x = rng.standard_normal((bs, 3, *spec.size)).astype(np.float32)
             t = time_calls(lambda: f(x), warmup, iters if bs == 1 else max(10, iters // bs))
-            rows.append(dict(backend=name, mode='model only', batch=bs, p50_ms=1e3 * np.percentile(t, 50), p95_ms=1e3 * np.percentile(t, 95),
-                             p99_ms=1e3 * np.percentile(t, 99), images_per_s=bs / np.median(t)))
-    imgs = images or sorted((package/'golden').glob('valid_*'))
+            rows.append(
+                dict(
+                    backend=name,
+                    mode='model only',
+                    batch=bs,
+                    p50_ms=1e3 * np.percentile(t, 50),
+                    p95_ms=1e3 * np.percentile(t, 95),
+                    p99_ms=1e3 * np.percentile(t, 99),
+                    images_per_s=bs / np.median(t),
+                )
+            )
+    imgs = images or sorted(PackageDir(package).golden.glob('valid_*'))
     for backend in ('onnx', 'torch'):
         p = Predictor.load(package, backend, threads)
         t = time_calls(lambda: p.predict(imgs[0]), warmup, iters)
-        rows.append(dict(backend=f'predictor ({backend})', mode='end to end (decode+preprocess+model+postprocess)', batch=1, p50_ms=1e3 * np.percentile(t, 50),
-                         p95_ms=1e3 * np.percentile(t, 95), p99_ms=1e3 * np.percentile(t, 99), images_per_s=1 / np.median(t)))
+        rows.append(
+            dict(
+                backend=f'predictor ({backend})',
+                mode='end to end (decode+preprocess+model+postprocess)',
+                batch=1,
+                p50_ms=1e3 * np.percentile(t, 50),
+                p95_ms=1e3 * np.percentile(t, 95),
+                p99_ms=1e3 * np.percentile(t, 99),
+                images_per_s=1 / np.median(t),
+            )
+        )
     df = pd.DataFrame(rows)
     df['cost_per_1k_usd'] = price_per_hour / 3600 * 1000 / df.images_per_s
-    if memory: df['peak_rss_mb'] = df.backend.map({b: peak_rss_mb(package, b, threads) for b in fns})
-    return dict(table=df, stats=model_stats(package), threads=threads, price_per_hour=price_per_hour, environment=environment_info())
+    if memory:
+        df['peak_rss_mb'] = df.backend.map({b: peak_rss_mb(package, b, threads) for b in fns})
+    return dict(
+        table=df,
+        stats=model_stats(package),
+        threads=threads,
+        price_per_hour=price_per_hour,
+        environment=environment_info(),
+    )
 
 # %% ../../nbs/43_deploy.bench.ipynb #bba6076b
-def quantize_package(package: str|Path, calib_paths: list, valid_paths: list, valid_labels: list|None = None, threads: int = 2) -> dict:
-    "Add `model.int8.onnx` to a package (static int8, calibrated on `calib_paths`), measure it against fp32, record it."
+def quantize_package(
+    package: str | Path, calib_paths: list, valid_paths: list, valid_labels: list | None = None, threads: int = 2
+) -> dict:
+    "Add a static int8 ONNX model to a package (calibrated on `calib_paths`), measure it against fp32, record it."
     from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    package = Path(package); m = read_package(package); spec = load_spec(package/'preprocess.json')
-    if not (package/'model.onnx').is_file(): raise CvbenchError(f'{package} has no model.onnx to quantize; export it with `--format onnx`')
-    if not calib_paths: raise CvbenchError('quantization needs calibration images; the run has no training images')
+
+    package, pk = Path(package), PackageDir(package)
+    m = read_package(package)
+    spec = load_spec(pk.preprocess)
+    if not pk.has('onnx'):
+        raise CvbenchError(f'{package} has no {pk.onnx.name} to quantize; export it with `--format onnx`')
+    if not calib_paths:
+        raise CvbenchError('quantization needs calibration images; the run has no training images')
+
     class Reader(CalibrationDataReader):
-        def __init__(self): self.it = iter([{'input': spec(p)[None].numpy()} for p in calib_paths])
-        def get_next(self): return next(self.it, None)
-    stage = package.with_name(f'.{package.name}.quantizing'); shutil.rmtree(stage, ignore_errors=True); shutil.copytree(package, stage)
+        def __init__(self):
+            self.it = iter([{'input': spec(p)[None].numpy()} for p in calib_paths])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    stage = package.with_name(f'.{package.name}.quantizing')
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(package, stage)
     try:
         with tempfile.TemporaryDirectory() as d:
-            pre = Path(d)/'pre.onnx'; quant_pre_process(str(package/'model.onnx'), str(pre))
-            quantize_static(str(pre), str(stage/'model.int8.onnx'), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            pre = Path(d) / 'pre.onnx'
+            quant_pre_process(str(pk.onnx), str(pre))
+            quantize_static(
+                str(pre),
+                str(PackageDir(stage).int8),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         res = _measure_int8(stage, m, spec, valid_paths, valid_labels, threads, len(calib_paths))
-        write_json(stage/'quantization.json', res)
-        man = {k: v for k, v in m.items() if k not in ('files', 'created')}; man['formats'] = sorted(set(man['formats']) | {'onnx-int8'})
+        write_json(PackageDir(stage).quantization, res)
+        man = {k: v for k, v in m.items() if k not in ('files', 'created')}
+        man['formats'] = sorted(set(man['formats']) | {'onnx-int8'})
         finalize_package(stage, package, man)
-    finally: shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return res
+
 
 def _measure_int8(stage: Path, m: dict, spec, valid_paths, valid_labels, threads: int, n_calib: int) -> dict:
     "Agreement, latency, size and accuracy of the int8 model against fp32, and whether to recommend it."
-    fns = backends(stage, threads); x = torch.stack([spec(p) for p in valid_paths]).numpy()
+    fns = backends(stage, threads)
+    x = torch.stack([spec(p) for p in valid_paths]).numpy()
     f32, i8 = fns['ort fp32'](x), fns['ort int8'](x)
     agree = float((f32.argmax(1) == i8.argmax(1)).mean())
-    xb = x[:1]; t32, t8 = np.median(time_calls(lambda: fns['ort fp32'](xb))), np.median(time_calls(lambda: fns['ort int8'](xb)))
-    res = dict(agreement=agree, latency_fp32_ms=float(1e3 * t32), latency_int8_ms=float(1e3 * t8), size_fp32_mb=(stage/'model.onnx').stat().st_size / 2**20,
-               size_int8_mb=(stage/'model.int8.onnx').stat().st_size / 2**20, calibration_images=n_calib, validation_images=len(valid_paths))
+    xb = x[:1]
+    t32, t8 = np.median(time_calls(lambda: fns['ort fp32'](xb))), np.median(time_calls(lambda: fns['ort int8'](xb)))
+    res = dict(
+        agreement=agree,
+        latency_fp32_ms=float(1e3 * t32),
+        latency_int8_ms=float(1e3 * t8),
+        size_fp32_mb=PackageDir(stage).onnx.stat().st_size / 2**20,
+        size_int8_mb=PackageDir(stage).int8.stat().st_size / 2**20,
+        calibration_images=n_calib,
+        validation_images=len(valid_paths),
+    )
     if valid_labels is not None:
-        idx = {c: i for i, c in enumerate(m['classes'])}; y = np.array([idx[str(l)] for l in valid_labels])
+        idx = {c: i for i, c in enumerate(m['classes'])}
+        y = np.array([idx[str(l)] for l in valid_labels])
         res |= dict(accuracy_fp32=float((f32.argmax(1) == y).mean()), accuracy_int8=float((i8.argmax(1) == y).mean()))
     drop = res.get('accuracy_fp32', 0) - res.get('accuracy_int8', 0)
     res['recommend'] = bool(t8 < t32 and agree >= 0.99 and drop <= 0.005)
-    res['reason'] = 'faster, ≥ 99 % agreement, ≤ 0.5 pt accuracy loss' if res['recommend'] else \
-        '; '.join(r for r, bad in (('not faster than fp32', t8 >= t32), (f'agreement {agree:.3f} < 0.99', agree < 0.99), (f'accuracy drop {drop:.3f} > 0.005', drop > 0.005)) if bad)
+    res['reason'] = (
+        'faster, ≥ 99 % agreement, ≤ 0.5 pt accuracy loss'
+        if res['recommend']
+        else '; '.join(
+            r
+            for r, bad in (
+                ('not faster than fp32', t8 >= t32),
+                (f'agreement {agree:.3f} < 0.99', agree < 0.99),
+                (f'accuracy drop {drop:.3f} > 0.005', drop > 0.005),
+            )
+            if bad
+        )
+    )
     return res

@@ -1,4 +1,4 @@
-"""ONNX and TorchScript exports whose outputs are checked, on golden images that include EXIF-rotated, grayscale, RGBA, 16-bit and odd-sized files, from the image file to the decision: the training pipeline with PyTorch on one side, the package's own preprocessing with each exported model on the other.
+"""ONNX and TorchScript exports checked from the image file to the decision, on golden images.
 
 Docs: https://cvbench.github.io/cvbench/deploy.export.html.md"""
 
@@ -10,12 +10,13 @@ import logging, shutil, tempfile, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
-from ..core import CvbenchError, load_config, read_json, write_json, write_text, config_to_dict
+from ..core import CvbenchError, RunDir, load_config, read_json, write_text, config_to_dict
 from ..data.images import open_image
 from ..data.samples import load_samples_table
 from ..models import load_checkpoint
-from ..transforms import PreprocessSpec, load_spec
-from .package import finalize_package, model_card, PackageError
+from ..transforms import PreprocessSpec, SpecImageDataset, load_spec, spec_batch_tfms
+from .package import PackageDir, finalize_package, model_card, PackageError
+
 
 # %% auto #0
 __all__ = ['log', 'RTOL', 'ATOL', 'ExportParityError', 'golden_images', 'export_onnx', 'export_torchscript', 'training_side',
@@ -25,119 +26,220 @@ __all__ = ['log', 'RTOL', 'ATOL', 'ExportParityError', 'golden_images', 'export_
 log = logging.getLogger(__name__)
 RTOL, ATOL = 1e-3, 1e-5
 
+
 class ExportParityError(CvbenchError):
     "An export whose outputs do not match the evaluated model."
 
-def golden_images(paths: list, out: str|Path, n: int = 16) -> list[Path]:
-    "Copy `n` validation images and write odd variants of the first: EXIF-rotated JPEG, grayscale, RGBA, 16-bit PNG, odd size."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); gold = []
+
+def golden_images(paths: list, out: str | Path, n: int = 16) -> list[Path]:
+    "Copy `n` validation images and write odd variants of the first: EXIF-rotated, grayscale, RGBA, 16-bit, odd size."
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gold = []
     for i, p in enumerate(paths[:n]):
-        d = out/f'valid_{i:02d}{Path(p).suffix}'; shutil.copy(p, d); gold.append(d)
+        d = out / f'valid_{i:02d}{Path(p).suffix}'
+        shutil.copy(p, d)
+        gold.append(d)
     img = open_image(paths[0])
-    exif = Image.Exif(); exif[0x0112] = 6
-    img.save(out/'odd_exif_rotated.jpg', exif=exif, quality=95); gold.append(out/'odd_exif_rotated.jpg')
-    img.convert('L').save(out/'odd_grayscale.png'); gold.append(out/'odd_grayscale.png')
-    rgba = img.convert('RGBA'); rgba.putalpha(200); rgba.save(out/'odd_rgba.png'); gold.append(out/'odd_rgba.png')
-    a16 = (np.asarray(img.convert('L'), np.uint16) * 257).astype(np.uint16); Image.fromarray(a16).save(out/'odd_16bit.png'); gold.append(out/'odd_16bit.png')
-    img.resize((max(3, img.width * 3 // 2 + 1), max(3, img.height * 2 // 3 + 1))).save(out/'odd_size.png'); gold.append(out/'odd_size.png')
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(out / 'odd_exif_rotated.jpg', exif=exif, quality=95)
+    gold.append(out / 'odd_exif_rotated.jpg')
+    img.convert('L').save(out / 'odd_grayscale.png')
+    gold.append(out / 'odd_grayscale.png')
+    rgba = img.convert('RGBA')
+    rgba.putalpha(200)
+    rgba.save(out / 'odd_rgba.png')
+    gold.append(out / 'odd_rgba.png')
+    a16 = (np.asarray(img.convert('L'), np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(a16).save(out / 'odd_16bit.png')
+    gold.append(out / 'odd_16bit.png')
+    img.resize((max(3, img.width * 3 // 2 + 1), max(3, img.height * 2 // 3 + 1))).save(out / 'odd_size.png')
+    gold.append(out / 'odd_size.png')
     return gold
 
 # %% ../../nbs/41_deploy.export.ipynb #3f538ed8
-def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: str|Path) -> Path:
+def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path) -> Path:
     "ONNX export with a dynamic batch axis (TorchScript-based exporter, opset 17); input `input`, output `logits`."
     x = torch.zeros(1, 3, *spec.size)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model.eval(), x, str(path), input_names=['input'], output_names=['logits'],
-                          dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}}, opset_version=17, dynamo=False)
-    import onnx; onnx.checker.check_model(str(path))
+        torch.onnx.export(
+            model.eval(),
+            x,
+            str(path),
+            input_names=['input'],
+            output_names=['logits'],
+            dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}},
+            opset_version=17,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path))
     return Path(path)
 
-def export_torchscript(model: torch.nn.Module, spec: PreprocessSpec, path: str|Path) -> Path:
+
+def export_torchscript(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path) -> Path:
     "TorchScript by tracing (the model's control flow does not depend on the input)."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        ts = torch.jit.trace(model.eval(), torch.zeros(2, 3, *spec.size)); ts.save(str(path))
+        ts = torch.jit.trace(model.eval(), torch.zeros(2, 3, *spec.size))
+        ts.save(str(path))
     return Path(path)
 
 # %% ../../nbs/41_deploy.export.ipynb #3639279b
 @torch.no_grad()
 def training_side(model, spec: PreprocessSpec, paths: list) -> np.ndarray:
-    "Logits of the training pipeline: fastai's validation batches (safe decoder, spec resize, IntToFloatTensor, Normalize) into PyTorch."
-    from cvbench.train.learner import SpecImageDataset
-    from cvbench.transforms import spec_batch_tfms
+    "Logits of the training pipeline: fastai's validation batches (`SpecImageDataset`, `spec_batch_tfms`) into PyTorch."
     from fastai.vision.all import TfmdDL
-    dl = TfmdDL(SpecImageDataset(paths, np.zeros(len(paths), int), spec, 1), bs=64, shuffle=False, after_batch=spec_batch_tfms(spec, augment=False), device='cpu')
+
+    dl = TfmdDL(
+        SpecImageDataset(paths, np.zeros(len(paths), int), spec, 1),
+        bs=64,
+        shuffle=False,
+        after_batch=spec_batch_tfms(spec, augment=False),
+        device='cpu',
+    )
     return torch.cat([model.eval()(xb.as_subclass(torch.Tensor)) for xb, _ in dl]).numpy()
+
 
 def serving_inputs(spec: PreprocessSpec, paths: list) -> np.ndarray:
     "The batch a server builds: the package's spec applied image by image."
     return torch.stack([spec(p) for p in paths]).numpy()
 
+
 def run_onnx(path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
+
     s = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     return s.run(None, {'input': x.astype(np.float32)})[0]
 
+
 def run_torchscript(path, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad(): return torch.jit.load(str(path)).eval()(torch.from_numpy(x)).numpy()
+    with torch.no_grad():
+        return torch.jit.load(str(path)).eval()(torch.from_numpy(x)).numpy()
 
 # %% ../../nbs/41_deploy.export.ipynb #f802e779
 def compare_outputs(ref: np.ndarray, out: np.ndarray, name: str) -> dict:
     "max |Δ|, top-1 agreement, decision flips and whether `out` is within rtol/atol of `ref`."
     flips = int((ref.argmax(1) != out.argmax(1)).sum())
-    return dict(backend=name, images=len(ref), max_abs_diff=float(np.abs(ref - out).max()), top1_agreement=float((ref.argmax(1) == out.argmax(1)).mean()),
-                decision_flips=flips, within_tolerance=bool(np.allclose(out, ref, rtol=RTOL, atol=ATOL)), passed=bool(np.allclose(out, ref, rtol=RTOL, atol=ATOL) and flips == 0))
+    return dict(
+        backend=name,
+        images=len(ref),
+        max_abs_diff=float(np.abs(ref - out).max()),
+        top1_agreement=float((ref.argmax(1) == out.argmax(1)).mean()),
+        decision_flips=flips,
+        within_tolerance=bool(np.allclose(out, ref, rtol=RTOL, atol=ATOL)),
+        passed=bool(np.allclose(out, ref, rtol=RTOL, atol=ATOL) and flips == 0),
+    )
 
-def parity_check(model, spec: PreprocessSpec, paths: list, exports: dict, serving_spec: PreprocessSpec|None = None) -> pd.DataFrame:
-    "Training pipeline + PyTorch vs serving preprocessing + each export (`name → file`); `serving_spec` simulates a mismatched server."
+
+def parity_check(
+    model, spec: PreprocessSpec, paths: list, exports: dict, serving_spec: PreprocessSpec | None = None
+) -> pd.DataFrame:
+    "Training pipeline + PyTorch vs serving preprocessing + each export (`name → file`); `serving_spec`: a bad server."
     ref = training_side(model, spec, paths)
     x = serving_inputs(serving_spec or spec, paths)
-    with torch.no_grad(): rows = [compare_outputs(ref, model.eval()(torch.from_numpy(x)).numpy(), 'pytorch (serving preprocessing)')]
-    for name, f in exports.items(): rows.append(compare_outputs(ref, (run_onnx if name == 'onnx' else run_torchscript)(f, x), name))
+    with torch.no_grad():
+        rows = [compare_outputs(ref, model.eval()(torch.from_numpy(x)).numpy(), 'pytorch (serving preprocessing)')]
+    for name, f in exports.items():
+        rows.append(compare_outputs(ref, (run_onnx if name == 'onnx' else run_torchscript)(f, x), name))
     return pd.DataFrame(rows)
 
 # %% ../../nbs/41_deploy.export.ipynb #b97838bd
 def _quick_latency(onnx_path, spec: PreprocessSpec, threads: int = 2) -> dict:
     "p50/p95 milliseconds of the ONNX model at batch 1."
     import time, onnxruntime as ort
-    so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-    s = ort.InferenceSession(str(onnx_path), so, providers=['CPUExecutionProvider']); x = np.zeros((1, 3, *spec.size), np.float32)
-    for _ in range(10): s.run(None, {'input': x})
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    s = ort.InferenceSession(str(onnx_path), so, providers=['CPUExecutionProvider'])
+    x = np.zeros((1, 3, *spec.size), np.float32)
+    for _ in range(10):
+        s.run(None, {'input': x})
     t = []
-    for _ in range(50): t0 = time.perf_counter(); s.run(None, {'input': x}); t.append(time.perf_counter() - t0)
-    return dict(backend='onnxruntime fp32', batch=1, threads=threads, p50_ms=float(1e3 * np.percentile(t, 50)), p95_ms=float(1e3 * np.percentile(t, 95)))
+    for _ in range(50):
+        t0 = time.perf_counter()
+        s.run(None, {'input': x})
+        t.append(time.perf_counter() - t0)
+    return dict(
+        backend='onnxruntime fp32',
+        batch=1,
+        threads=threads,
+        p50_ms=float(1e3 * np.percentile(t, 50)),
+        p95_ms=float(1e3 * np.percentile(t, 95)),
+    )
 
 # %% ../../nbs/41_deploy.export.ipynb #045d4232
-def export_package(run_dir: str|Path, out: str|Path|None = None, formats: tuple = ('onnx', 'torchscript'), n_golden: int = 16) -> Path:
-    "Export a trained run as a checked model package; return its folder."
+def _stage_models(model, spec: PreprocessSpec, checkpoint: Path, pk: PackageDir, formats: tuple) -> dict:
+    "Copy the weights and the spec into the staged package `pk`, export `formats`; return `name → file` of the exports."
+    shutil.copy(checkpoint, pk.model)
+    spec.save(pk.preprocess)
+    exports = {}
+    if 'onnx' in formats:
+        exports['onnx'] = export_onnx(model, spec, pk.onnx)
+    if 'torchscript' in formats:
+        exports['torchscript'] = export_torchscript(model, spec, pk.torchscript)
+    return exports
+
+
+def _copy_evidence(rd: RunDir, pk: PackageDir):
+    "Copy the run's thresholds, metrics and config into the package, where the run has them."
+    for f in (rd.thresholds, rd.metrics, rd.config):
+        if f.is_file():
+            shutil.copy(f, pk.path / f.name)
+
+
+def _card(rd: RunDir, manifest: dict, parity: pd.DataFrame) -> str:
+    "The model card of a package from its manifest and the run's evidence."
+    metrics = read_json(rd.metrics) if rd.has('metrics') else None
+    slices = pd.read_csv(rd.slices) if rd.has('slices') else None
+    cfg = config_to_dict(load_config(rd.config)) if rd.has('config') else None
+    cols = ['backend', 'max_abs_diff', 'top1_agreement', 'decision_flips', 'passed']
+    return model_card(manifest, metrics, slices, cfg, parity[cols])
+
+
+def _manifest(rd: RunDir, meta: dict, spec: PreprocessSpec, exports: dict, parity: pd.DataFrame, latency) -> dict:
     from cvbench import __version__
-    run_dir = Path(run_dir); ck = run_dir/'model.safetensors'
-    if not ck.is_file(): raise PackageError(f'{run_dir} has no model.safetensors; train the run first')
+
+    return dict(name=rd.name, run=rd.name, arch=meta['arch'], classes=meta['classes'],
+                formats=['safetensors', *exports], preprocess=spec.to_dict(), data_version=meta.get('data_version'),
+                cvbench_version=__version__, parity=parity.to_dict('records'), latency=latency)
+
+
+def export_package(
+    run_dir: str | Path,  # a trained run directory
+    out: str | Path | None = None,  # the package folder (default: `RUN_DIR/package`)
+    formats: tuple = ('onnx', 'torchscript'),  # exports besides safetensors
+    n_golden: int = 16,  # validation images in the parity check (plus the odd variants)
+) -> Path:
+    "Export a trained run as a checked model package; return its folder."
+    rd = RunDir(run_dir)
+    if not rd.has('model'):
+        raise PackageError(f'{rd.path} has no {rd.model.name}; train the run first')
     bad = [f for f in formats if f not in ('onnx', 'torchscript')]
-    if bad: raise PackageError(f'unknown export format(s) {bad}; choose from onnx, torchscript')
-    model, meta = load_checkpoint(ck); spec = load_spec(meta['preprocess'])
-    out = Path(out) if out else run_dir/'package'
-    stage = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent if out.parent.exists() else None))
+    if bad:
+        raise PackageError(f'unknown export format(s) {bad}; choose from onnx, torchscript')
+    model, meta = load_checkpoint(rd.model)
+    spec = load_spec(meta['preprocess'])
+    out = Path(out) if out else rd.package
+    pk = PackageDir(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent if out.parent.exists() else None))
     try:
-        shutil.copy(ck, stage/'model.safetensors'); spec.save(stage/'preprocess.json')
-        exports = {}
-        if 'onnx' in formats: exports['onnx'] = export_onnx(model, spec, stage/'model.onnx')
-        if 'torchscript' in formats: exports['torchscript'] = export_torchscript(model, spec, stage/'model.ts')
-        valid = load_samples_table(run_dir/'samples.parquet').subset('valid')
-        gold = golden_images(valid.paths(), stage/'golden', n_golden)
-        parity = parity_check(model, spec, gold, exports)
-        if not parity.passed.all(): raise ExportParityError('export parity failed; the package was not written:\n' + parity.to_string(index=False))
-        write_text(stage/'golden'/'parity.csv', parity.to_csv(index=False))
-        latency = _quick_latency(exports.get('onnx'), spec) if 'onnx' in exports else None
-        for f in ('thresholds.json', 'metrics.json', 'config.yaml'):
-            if (run_dir/f).is_file(): shutil.copy(run_dir/f, stage/f)
-        manifest = dict(name=run_dir.name, run=run_dir.name, arch=meta['arch'], classes=meta['classes'], formats=['safetensors', *exports],
-                        preprocess=spec.to_dict(), data_version=meta.get('data_version'), cvbench_version=__version__, parity=parity.to_dict('records'), latency=latency)
-        metrics = read_json(run_dir/'metrics.json') if (run_dir/'metrics.json').is_file() else None
-        slices = pd.read_csv(run_dir/'slices.csv') if (run_dir/'slices.csv').is_file() else None
-        cfg = config_to_dict(load_config(run_dir/'config.yaml')) if (run_dir/'config.yaml').is_file() else None
-        write_text(stage/'MODEL_CARD.md', model_card(manifest, metrics, slices, cfg, parity[['backend', 'max_abs_diff', 'top1_agreement', 'decision_flips', 'passed']]))
-        return finalize_package(stage, out, manifest)
+        exports = _stage_models(model, spec, rd.model, pk, formats)
+        valid = load_samples_table(rd.samples).subset('valid')
+        parity = parity_check(model, spec, golden_images(valid.paths(), pk.golden, n_golden), exports)
+        if not parity.passed.all():
+            table = parity.to_string(index=False)
+            raise ExportParityError(f'export parity failed; the package was not written:\n{table}')
+        write_text(pk.parity, parity.to_csv(index=False))
+        latency = _quick_latency(exports['onnx'], spec) if 'onnx' in exports else None
+        _copy_evidence(rd, pk)
+        manifest = _manifest(rd, meta, spec, exports, parity, latency)
+        write_text(pk.card, _card(rd, manifest, parity))
+        return finalize_package(pk.path, out, manifest)
     finally:
-        if stage.exists(): shutil.rmtree(stage, ignore_errors=True)
+        if pk.path.exists():
+            shutil.rmtree(pk.path, ignore_errors=True)
+

@@ -1,4 +1,4 @@
-"""The third contract: a folder that serves exactly what was evaluated, loadable without the training code: weights (safetensors, ONNX, TorchScript), the preprocessing spec, class names, thresholds, metrics, the config that made it, and a model card generated from that evidence.
+"""The third contract: a folder that serves exactly what was evaluated, loadable without the training code.
 
 Docs: https://cvbench.github.io/cvbench/deploy.package.html.md"""
 
@@ -6,71 +6,171 @@ Docs: https://cvbench.github.io/cvbench/deploy.package.html.md"""
 
 # %% ../../nbs/40_deploy.package.ipynb #d4bddac9
 from __future__ import annotations
-import datetime, hashlib, json, shutil, tempfile
+import datetime, shutil
 from pathlib import Path
 import pandas as pd
-from ..core import CvbenchError, write_json, read_json, write_text, markdown_table, file_digest
+from ..core import CvbenchError, KnownFiles, RUN_FILES, write_json, read_json, markdown_table, file_digest
+
 
 # %% auto #0
-__all__ = ['TRUSTED_WEIGHTS', 'PackageError', 'sha256', 'finalize_package', 'read_package', 'model_card']
+__all__ = ['PACKAGE_FILES', 'TRUSTED_WEIGHTS', 'PackageDir', 'PackageError', 'sha256', 'finalize_package', 'read_package',
+           'model_card']
 
 # %% ../../nbs/40_deploy.package.ipynb #8bc24aa7
+PACKAGE_FILES = dict(
+    manifest='package.json',  # name, classes, formats, SHA-256 of every file, parity, latency
+    model=RUN_FILES['model'],  # the weights, self-describing
+    preprocess=RUN_FILES['preprocess'],  # the preprocessing spec serving must apply
+    onnx='model.onnx',
+    int8='model.int8.onnx',  # added by `cvbench quantize`
+    quantization='quantization.json',  # its measurements against fp32
+    torchscript='model.ts',
+    card='MODEL_CARD.md',
+    golden='golden',  # the images the parity check used
+    parity='golden/parity.csv',
+    bench='bench',  # written by `cvbench bench`
+)
+
+
+class PackageDir(KnownFiles):
+    "A model package folder: the one place that knows its file names."
+
+    files = PACKAGE_FILES
+
+
 class PackageError(CvbenchError):
     "A model package that cannot be used as it is."
 
+
 TRUSTED_WEIGHTS = ('.safetensors', '.onnx', '.ts')
 
-def sha256(path: str|Path) -> str: return file_digest(path, 'sha256')
+
+def sha256(path: str | Path) -> str:
+    return file_digest(path, 'sha256')
+
 
 def finalize_package(tmp: Path, dest: Path, manifest: dict) -> Path:
     "Hash every file of the staged package `tmp`, write `package.json`, and move it to `dest` (replacing an older one)."
-    files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob('*')) if p.is_file() and p.name != 'package.json'}
-    write_json(tmp/'package.json', dict(manifest, files=files, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
+    pk = PackageDir(tmp)
+    files = {
+        p.relative_to(tmp).as_posix(): sha256(p)
+        for p in sorted(tmp.rglob('*'))
+        if p.is_file() and p != pk.manifest
+    }
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+    write_json(pk.manifest, dict(manifest, files=files, created=created))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    old = dest.with_name(f'.{dest.name}.old'); shutil.rmtree(old, ignore_errors=True)
-    if dest.exists(): dest.rename(old)
-    tmp.rename(dest); shutil.rmtree(old, ignore_errors=True)
+    old = dest.with_name(f'.{dest.name}.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
     return dest
 
-def read_package(path: str|Path, verify: bool = True) -> dict:
+
+def read_package(path: str | Path, verify: bool = True) -> dict:
     "The manifest of a package, after checking that every listed file is present and unchanged."
-    p = Path(path)
-    if not (p/'package.json').is_file(): raise PackageError(f'{p} is not a cvbench model package (no package.json); create one with `cvbench export RUN_DIR`')
-    m = read_json(p/'package.json')
+    pk = PackageDir(path)
+    if not pk.has('manifest'):
+        raise PackageError(f'{pk.path} is not a cvbench model package (no {pk.manifest.name}); '
+                           'create one with `cvbench export RUN_DIR`')
+    m = read_json(pk.manifest)
     for f, h in (m.get('files') or {}).items():
-        if not (p/f).is_file(): raise PackageError(f'package {p} is incomplete: {f} is missing')
-        if verify and sha256(p/f) != h: raise PackageError(f'package {p}: {f} does not match its recorded SHA-256; the package was modified or corrupted, export it again')
+        if not (pk.path / f).is_file():
+            raise PackageError(f'package {pk.path} is incomplete: {f} is missing')
+        if verify and sha256(pk.path / f) != h:
+            raise PackageError(f'package {pk.path}: {f} does not match its recorded SHA-256; '
+                               'the package was modified or corrupted, export it again')
     return m
 
+
 # %% ../../nbs/40_deploy.package.ipynb #c9ea018b
-def model_card(m: dict, metrics: dict|None, slices: pd.DataFrame|None, config: dict|None, parity: pd.DataFrame|None) -> str:
+def model_card(
+    m: dict, metrics: dict | None, slices: pd.DataFrame | None, config: dict | None, parity: pd.DataFrame | None
+) -> str:
     "A Markdown model card from the package manifest and the run's evidence."
-    cfg = config or {}; data = (cfg.get('data') or {}).get('source', 'unknown')
-    L = [f'# Model card: {m["name"]}', '', '## Model', '', f'- architecture: `{m["arch"]}` (timm), {len(m["classes"])} classes: {", ".join(m["classes"][:20])}{" …" if len(m["classes"]) > 20 else ""}',
-         f'- formats: {", ".join(m["formats"])}; input: {m["preprocess"]["size"][0]}×{m["preprocess"]["size"][1]} RGB, resize `{m["preprocess"]["resize"]}`, normalized by mean {m["preprocess"]["mean"]}, std {m["preprocess"]["std"]}',
-         f'- exported by cvbench {m.get("cvbench_version")} from run `{m.get("run")}`', '',
-         '## Intended use', '', f'Image classification into the classes above, on images like those of `{data}` (data version `{m.get("data_version")}`). '
-         'Not evaluated on other image sources; check the slices below before relying on it for a subpopulation.', '']
+    cfg = config or {}
+    data = (cfg.get('data') or {}).get('source', 'unknown')
+    pre = m['preprocess']
+    names = ', '.join(m['classes'][:20]) + (' …' if len(m['classes']) > 20 else '')
+    L = [
+        f'# Model card: {m["name"]}',
+        '',
+        '## Model',
+        '',
+        f'- architecture: `{m["arch"]}` (timm), {len(m["classes"])} classes: {names}',
+        f'- formats: {", ".join(m["formats"])}; input: {pre["size"][0]}×{pre["size"][1]} RGB, '
+        f'resize `{pre["resize"]}`, '
+        f'normalized by mean {pre["mean"]}, std {pre["std"]}',
+        f'- exported by cvbench {m.get("cvbench_version")} from run `{m.get("run")}`',
+        '',
+        '## Intended use',
+        '',
+        f'Image classification into the classes above, on images like those of `{data}` '
+        f'(data version `{m.get("data_version")}`). '
+        'Not evaluated on other image sources; check the slices below before relying on it for a subpopulation.',
+        '',
+    ]
     if metrics:
         iv = pd.DataFrame(metrics.get('intervals') or [])
         L += ['## Evaluation', '', f'{metrics.get("n")} validation images.', '']
-        if len(iv): L += [markdown_table(iv[['metric', 'estimate', 'low', 'high']]), '']
+        if len(iv):
+            L += [markdown_table(iv[['metric', 'estimate', 'low', 'high']]), '']
         pc = pd.DataFrame(metrics.get('per_class') or [])
-        if len(pc): L += ['Weakest classes by F1:', '', markdown_table(pc.sort_values('f1').head(3)[['cls', 'precision', 'recall', 'f1', 'support']]), '']
+        if len(pc):
+            L += [
+                'Weakest classes by F1:',
+                '',
+                markdown_table(pc.sort_values('f1').head(3)[['cls', 'precision', 'recall', 'f1', 'support']]),
+                '',
+            ]
         cal = metrics.get('calibration')
-        if cal: L += ['## Calibration', '', f'ECE {cal["before"]["ece"]:.4f} before, {cal["after"]["ece"]:.4f} after temperature scaling (T = {cal["temperature"]:.3f}, {cal["method"]}); the temperature is in `thresholds.json`.', '']
+        if cal:
+            L += [
+                '## Calibration',
+                '',
+                f'ECE {cal["before"]["ece"]:.4f} before, {cal["after"]["ece"]:.4f} after temperature scaling '
+                f'(T = {cal["temperature"]:.3f}, {cal["method"]}); the temperature is in `thresholds.json`.',
+                '',
+            ]
     lim = []
     if slices is not None and len(slices):
         worst = slices.sort_values('accuracy').head(3)
-        L += ['## Slices', '', 'Lowest accuracy:', '', markdown_table(worst[['column', 'value', 'n', 'accuracy', 'accuracy_low', 'accuracy_high', 'too_small']]), '']
-        if slices.too_small.any(): lim.append(f'{int(slices.too_small.sum())} slice(s) have too few images to judge.')
+        L += [
+            '## Slices',
+            '',
+            'Lowest accuracy:',
+            '',
+            markdown_table(worst[['column', 'value', 'n', 'accuracy', 'accuracy_low', 'accuracy_high', 'too_small']]),
+            '',
+        ]
+        if slices.too_small.any():
+            lim.append(f'{int(slices.too_small.sum())} slice(s) have too few images to judge.')
     if parity is not None and len(parity):
-        L += ['## Export parity', '', 'Golden images (validation images and odd formats) through the training pipeline + PyTorch versus the package\'s own preprocessing + each exported model:', '',
-              markdown_table(parity), '']
+        L += [
+            '## Export parity',
+            '',
+            'Golden images (validation images and odd formats) through the training pipeline + PyTorch versus '
+            "the package's own preprocessing + each exported model:",
+            '',
+            markdown_table(parity),
+            '',
+        ]
     if m.get('latency'):
-        l = m['latency']; L += ['## Latency', '', f'{l["backend"]}, batch {l["batch"]}, {l["threads"]} threads: p50 {l["p50_ms"]:.3f} ms, p95 {l["p95_ms"]:.3f} ms (model only, measured at export; `cvbench bench` for throughput, end-to-end time and memory).', '']
-    if metrics and metrics.get('skipped_at_predict'): lim.append(f'{len(metrics["skipped_at_predict"])} validation image(s) could not be read.')
-    if metrics and metrics.get('calibration') and metrics['calibration']['before']['ece'] > 0.05: lim.append('Probabilities are miscalibrated (ECE > 0.05) without the stored temperature.')
+        l = m['latency']
+        L += [
+            '## Latency',
+            '',
+            f'{l["backend"]}, batch {l["batch"]}, {l["threads"]} threads: '
+            f'p50 {l["p50_ms"]:.3f} ms, p95 {l["p95_ms"]:.3f} ms '
+            '(model only, measured at export; `cvbench bench` for throughput, end-to-end time and memory).',
+            '',
+        ]
+    if metrics and metrics.get('skipped_at_predict'):
+        lim.append(f'{len(metrics["skipped_at_predict"])} validation image(s) could not be read.')
+    if metrics and metrics.get('calibration') and metrics['calibration']['before']['ece'] > 0.05:
+        lim.append('Probabilities are miscalibrated (ECE > 0.05) without the stored temperature.')
     lim.append('Evaluated on one validation split of one dataset; performance on other data is unknown.')
     L += ['## Known limitations', '', *(f'- {x}' for x in lim), '']
     return '\n'.join(L)

@@ -1,4 +1,4 @@
-"""Load a model package and predict: paths, bytes, PIL images, uint8 arrays or batches of them, through the package's own preprocessing, with ONNX Runtime or PyTorch; validated inputs, deterministic outputs, and nothing pickled ever loaded.
+"""Load a model package and predict through its own preprocessing with ONNX Runtime or PyTorch; no pickles.
 
 Docs: https://cvbench.github.io/cvbench/deploy.predictor.html.md"""
 
@@ -8,102 +8,125 @@ Docs: https://cvbench.github.io/cvbench/deploy.predictor.html.md"""
 from __future__ import annotations
 import os
 from pathlib import Path
-import numpy as np, pandas as pd, torch
-from ..core import CvbenchError
+import numpy as np, torch
 from ..data.images import open_image, ImageReadError, MAX_PIXELS
 from ..transforms import load_spec
-from .package import read_package, PackageError
+from .package import PackageDir, read_package, PackageError
+
 
 # %% auto #0
-__all__ = ['Predictor', 'predict_proba', 'predict', 'predict_folder']
+__all__ = ['Predictor', 'predict_proba', 'predict']
 
 # %% ../../nbs/42_deploy.predictor.ipynb #ebca865b
+def _onnx_runner(pk: PackageDir, threads: int):
+    "A function from a float32 batch to logits, by ONNX Runtime."
+    if not pk.has('onnx'):
+        raise PackageError(f'{pk.path} has no {pk.onnx.name}; export with --format onnx or use backend torch')
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(pk.onnx), so, providers=['CPUExecutionProvider'])
+    return lambda x: sess.run(None, {'input': x})[0]
+
+
+def _torch_runner(pk: PackageDir, threads: int):
+    "A function from a float32 batch to logits, by PyTorch on the safetensors weights (never a pickle)."
+    if not pk.has('model'):
+        raise PackageError(f'{pk.path} has no {pk.model.name}; '
+                           'cvbench loads weights only from safetensors or ONNX, never from pickles')
+    from cvbench.models import load_checkpoint
+
+    model, _ = load_checkpoint(pk.model)
+    torch.set_num_threads(threads)
+
+    def run(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
 class Predictor:
     "A loaded model package: `predict` takes images, returns labels and probabilities."
+
     def __init__(self, package: Path, manifest: dict, backend: str, run_fn, threads: int):
         self.package, self.manifest, self.backend, self._run, self.threads = package, manifest, backend, run_fn, threads
-        self.classes, self.spec = list(manifest['classes']), load_spec(package/'preprocess.json')
+        self.classes, self.spec = list(manifest['classes']), load_spec(PackageDir(package).preprocess)
         self.max_pixels = MAX_PIXELS
 
     @classmethod
-    def load(cls, package: str|Path, backend: str = 'onnx', threads: int|None = None) -> 'Predictor':
+    def load(
+        cls,
+        package: str | Path,  # a package folder from `cvbench export`
+        backend: str = 'onnx',  # `onnx` (ONNX Runtime) or `torch`
+        threads: int | None = None,  # inference threads (default: up to 4)
+    ) -> 'Predictor':
         "Load `package` with the `onnx` (ONNX Runtime) or `torch` backend."
-        p = Path(package); m = read_package(p); threads = threads or min(4, os.cpu_count() or 1)
-        if backend == 'onnx':
-            if not (p/'model.onnx').is_file(): raise PackageError(f'{p} has no model.onnx; export with --format onnx or use backend torch')
-            import onnxruntime as ort
-            so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(str(p/'model.onnx'), so, providers=['CPUExecutionProvider'])
-            return cls(p, m, backend, lambda x: sess.run(None, {'input': x})[0], threads)
-        if backend == 'torch':
-            if not (p/'model.safetensors').is_file(): raise PackageError(f'{p} has no model.safetensors; cvbench loads weights only from safetensors or ONNX, never from pickles')
-            from cvbench.models import load_checkpoint
-            model, _ = load_checkpoint(p/'model.safetensors'); torch.set_num_threads(threads)
-            def run(x):
-                with torch.no_grad(): return model(torch.from_numpy(x)).numpy()
-            return cls(p, m, backend, run, threads)
-        raise PackageError(f'unknown backend `{backend}`; choose onnx or torch')
+        pk = PackageDir(package)
+        m = read_package(pk.path)
+        threads = threads or min(4, os.cpu_count() or 1)
+        runners = dict(onnx=_onnx_runner, torch=_torch_runner)
+        if backend not in runners:
+            raise PackageError(f'unknown backend `{backend}`; choose onnx or torch')
+        return cls(pk.path, m, backend, runners[backend](pk, threads), threads)
+
 
 # %% ../../nbs/42_deploy.predictor.ipynb #83aeeafa
 def _preprocess(self: Predictor, x) -> np.ndarray:
     return self.spec.to_tensor(self.spec.resize_image(open_image(x, self.max_pixels))).numpy()
 
-def predict_proba(self: Predictor, inputs: list, bs: int = 32) -> tuple[np.ndarray, list[str|None]]:
+
+def predict_proba(self: Predictor, inputs: list, bs: int = 32) -> tuple[np.ndarray, list[str | None]]:
     "Class probabilities for each input (NaN rows for inputs that failed) and the error of each (None when fine)."
+    if len(inputs) == 0:
+        return np.zeros((0, len(self.classes))), []
     xs, errs = [], []
     for x in inputs:
-        try: xs.append(self._preprocess(x)); errs.append(None)
-        except ImageReadError as e: xs.append(None); errs.append(e.reason)
+        try:
+            xs.append(self._preprocess(x))
+            errs.append(None)
+        except ImageReadError as e:
+            xs.append(None)
+            errs.append(e.reason)
     ok = [i for i, x in enumerate(xs) if x is not None]
-    if len(ok) == len(xs) and len(xs) <= bs: return _softmax(self._run(np.stack(xs).astype(np.float32, copy=False))), errs  # the common case, no bookkeeping
+    if len(ok) == len(xs) and len(xs) <= bs:
+        return _softmax(self._run(np.stack(xs).astype(np.float32, copy=False))), errs  # the common case, no bookkeeping
     out = np.full((len(xs), len(self.classes)), np.nan)
     for s in range(0, len(ok), bs):
-        idx = ok[s:s + bs]
+        idx = ok[s : s + bs]
         out[idx] = _softmax(self._run(np.stack([xs[i] for i in idx]).astype(np.float32, copy=False)))
     return out, errs
 
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64); z -= z.max(1, keepdims=True); e = np.exp(z)
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
     return e / e.sum(1, keepdims=True)
 
-def predict(self: Predictor, inputs, bs: int = 32) -> list[dict]|dict:
+
+def predict(self: Predictor, inputs, bs: int = 32) -> list[dict] | dict:
     "For one input or a list: `label`, `confidence`, `probs` (class → probability), or `error`."
     if not isinstance(inputs, (list, tuple)):  # one image: the shortest path (no batching bookkeeping)
-        try: x = self._preprocess(inputs)
-        except ImageReadError as e: return dict(error=e.reason)
-        p = _softmax(self._run(x[None]))[0]; i = int(p.argmax())
+        try:
+            x = self._preprocess(inputs)
+        except ImageReadError as e:
+            return dict(error=e.reason)
+        p = _softmax(self._run(x[None]))[0]
+        i = int(p.argmax())
         return dict(label=self.classes[i], confidence=float(p[i]), probs=dict(zip(self.classes, p.tolist())))
     probs, errs = self.predict_proba(list(inputs), bs)
-    res = [dict(error=e) if e else dict(label=self.classes[int(p.argmax())], confidence=float(p.max()), probs=dict(zip(self.classes, p.tolist())))
-           for p, e in zip(probs, errs)]
+    res = [
+        dict(error=e)
+        if e
+        else dict(
+            label=self.classes[int(p.argmax())], confidence=float(p.max()), probs=dict(zip(self.classes, p.tolist()))
+        )
+        for p, e in zip(probs, errs)
+    ]
     return res
 
-Predictor._preprocess, Predictor.predict_proba, Predictor.predict = _preprocess, predict_proba, predict
 
-# %% ../../nbs/42_deploy.predictor.ipynb #f97a63aa
-def predict_folder(pred: Predictor, source: str|Path, out: str|Path, bs: int = 32, progress: bool = True) -> pd.DataFrame:
-    "Predict every image of an ImageFolder (or a flat folder of images) and save the ledger."
-    from fastprogress.fastprogress import progress_bar
-    from cvbench.data.formats import read_imagefolder, IMAGE_EXTS
-    from cvbench.evaluate.predict import save_ledger, PROB_PREFIX
-    src = Path(source)
-    if not src.exists(): raise CvbenchError(f'{src} does not exist; give an image file or a folder of images')
-    flat = [p for p in sorted(src.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTS] if src.is_dir() else [src]
-    if src.is_dir() and not flat:
-        s = read_imagefolder(src); paths, labels, ids = s.paths(), s.df['label'].astype(str).tolist(), s.df['image_id'].tolist(); root = s.root
-    else: paths, labels, ids, root = flat, [''] * len(flat), [p.name for p in flat], (src if src.is_dir() else src.parent)
-    probs, errs = [], []
-    for i in (progress_bar(range(0, len(paths), bs), leave=False) if progress else range(0, len(paths), bs)):
-        p, e = pred.predict_proba(paths[i:i + bs], bs); probs.append(p); errs += e
-    P = np.concatenate(probs) if probs else np.zeros((0, len(pred.classes)))
-    ok = np.array([e is None for e in errs], bool)
-    df = pd.DataFrame(dict(image_id=ids, path=[Path(p).relative_to(root).as_posix() for p in paths], split='', label=labels))[ok].reset_index(drop=True)
-    P = P[ok]; pred_idx = P.argmax(1) if len(P) else np.zeros(0, int)
-    df['pred'] = [pred.classes[i] for i in pred_idx]; df['confidence'] = P.max(1) if len(P) else []
-    y = df['label'].map({c: i for i, c in enumerate(pred.classes)})
-    df['loss'] = [-np.log(max(P[r, int(c)], 1e-300)) if pd.notna(c) else np.nan for r, c in enumerate(y)]
-    df = pd.concat([df, pd.DataFrame(P, columns=[PROB_PREFIX + c for c in pred.classes])], axis=1)
-    df.attrs['skipped'] = [dict(path=str(Path(p).relative_to(root)), reason=e) for p, e in zip(paths, errs) if e]
-    save_ledger(df, out, pred.classes, image_root=str(root), model=pred.manifest['arch'], package=str(pred.package), backend=pred.backend,
-                data_version=None)
-    return df
+Predictor._preprocess, Predictor.predict_proba, Predictor.predict = _preprocess, predict_proba, predict

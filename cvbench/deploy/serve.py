@@ -1,4 +1,4 @@
-"""A small REST service for a model package: `POST /predict` for one image or a batch, `GET /health`, `GET /metrics` for Prometheus; request size limits; a bad image is a 4xx with its reason, never a 500.
+"""A small REST service for a model package: predict, health and Prometheus metrics; a bad image is a 4xx.
 
 Docs: https://cvbench.github.io/cvbench/deploy.serve.html.md"""
 
@@ -18,37 +18,71 @@ __all__ = ['log', 'MAX_BYTES', 'create_app', 'serve']
 log = logging.getLogger(__name__)
 MAX_BYTES = 10 * 2**20  # per request
 
-def create_app(package: str|Path, backend: str = 'onnx', threads: int|None = None, max_bytes: int = MAX_BYTES, max_batch: int = 64):
+
+def create_app(
+    package: str | Path,
+    backend: str = 'onnx',
+    threads: int | None = None,
+    max_bytes: int = MAX_BYTES,
+    max_batch: int = 64,
+):
     "A FastAPI app serving `package`."
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, CONTENT_TYPE_LATEST
+
     pred = Predictor.load(package, backend, threads)
     reg = CollectorRegistry()
-    requests = Counter('cvbench_requests_total', 'Requests by endpoint and status', ['endpoint', 'status'], registry=reg)
-    latency = Histogram('cvbench_request_seconds', 'Request latency', ['endpoint'], registry=reg, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+    requests = Counter(
+        'cvbench_requests_total', 'Requests by endpoint and status', ['endpoint', 'status'], registry=reg
+    )
+    latency = Histogram(
+        'cvbench_request_seconds',
+        'Request latency',
+        ['endpoint'],
+        registry=reg,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
     errors = Counter('cvbench_errors_total', 'Errors by type', ['type'], registry=reg)
-    confidence = Histogram('cvbench_confidence', 'Top-class confidence of predictions', registry=reg, buckets=[i / 10 for i in range(1, 11)])
+    confidence = Histogram(
+        'cvbench_confidence',
+        'Top-class confidence of predictions',
+        registry=reg,
+        buckets=[i / 10 for i in range(1, 11)],
+    )
     app = FastAPI(title=f'cvbench: {pred.manifest["name"]}', version=str(pred.manifest.get('cvbench_version')))
 
     @app.middleware('http')
     async def _measure(request: Request, call_next):
         t0 = time.perf_counter()
         if int(request.headers.get('content-length') or 0) > max_bytes:
-            errors.labels('too_large').inc(); requests.labels(request.url.path, '413').inc()
+            errors.labels('too_large').inc()
+            requests.labels(request.url.path, '413').inc()
             return JSONResponse({'error': f'request larger than {max_bytes} bytes'}, status_code=413)
-        try: resp = await call_next(request)
+        try:
+            resp = await call_next(request)
         except Exception as e:  # never a bare 500 without a reason
-            log.exception('unexpected error'); errors.labels(type(e).__name__).inc(); requests.labels(request.url.path, '500').inc()
+            log.exception('unexpected error')
+            errors.labels(type(e).__name__).inc()
+            requests.labels(request.url.path, '500').inc()
             return JSONResponse({'error': f'internal error: {type(e).__name__}'}, status_code=500)
-        requests.labels(request.url.path, str(resp.status_code)).inc(); latency.labels(request.url.path).observe(time.perf_counter() - t0)
+        requests.labels(request.url.path, str(resp.status_code)).inc()
+        latency.labels(request.url.path).observe(time.perf_counter() - t0)
         return resp
 
     @app.get('/health')
-    def health(): return dict(status='ok', model=pred.manifest['name'], arch=pred.manifest['arch'], classes=len(pred.classes), backend=backend)
+    def health():
+        return dict(
+            status='ok',
+            model=pred.manifest['name'],
+            arch=pred.manifest['arch'],
+            classes=len(pred.classes),
+            backend=backend,
+        )
 
     @app.get('/metrics')
-    def metrics(): return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+    def metrics():
+        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
 
     @app.post('/predict')
     async def predict(request: Request):
@@ -56,23 +90,45 @@ def create_app(package: str|Path, backend: str = 'onnx', threads: int|None = Non
         if ctype.startswith('multipart/form-data'):
             form = await request.form()
             items = [f for k, f in form.multi_items() if hasattr(f, 'read')]
-            blobs = [await f.read() for f in items]; names = [f.filename for f in items]
-        else: blobs, names = [await request.body()], ['body']
-        if not blobs or not any(blobs): errors.labels('empty').inc(); raise HTTPException(400, 'no image: send multipart `files` or the image bytes as the body')
-        if len(blobs) > max_batch: errors.labels('batch_too_large').inc(); raise HTTPException(413, f'at most {max_batch} images per request')
-        if sum(map(len, blobs)) > max_bytes: errors.labels('too_large').inc(); raise HTTPException(413, f'request larger than {max_bytes} bytes')
+            blobs = [await f.read() for f in items]
+            names = [f.filename for f in items]
+        else:
+            blobs, names = [await request.body()], ['body']
+        if not blobs or not any(blobs):
+            errors.labels('empty').inc()
+            raise HTTPException(400, 'no image: send multipart `files` or the image bytes as the body')
+        if len(blobs) > max_batch:
+            errors.labels('batch_too_large').inc()
+            raise HTTPException(413, f'at most {max_batch} images per request')
+        if sum(map(len, blobs)) > max_bytes:
+            errors.labels('too_large').inc()
+            raise HTTPException(413, f'request larger than {max_bytes} bytes')
         res = pred.predict(blobs)
         for r, n in zip(res, names):
             r['file'] = n
-            if 'error' in r: errors.labels('bad_image').inc()
-            else: confidence.observe(r['confidence'])
-        if all('error' in r for r in res): return JSONResponse({'error': res[0]['error'] if len(res) == 1 else 'no image could be read', 'results': res}, status_code=422)
+            if 'error' in r:
+                errors.labels('bad_image').inc()
+            else:
+                confidence.observe(r['confidence'])
+        if all('error' in r for r in res):
+            return JSONResponse(
+                {'error': res[0]['error'] if len(res) == 1 else 'no image could be read', 'results': res},
+                status_code=422,
+            )
         return {'results': res}
 
     return app
 
 # %% ../../nbs/44_deploy.serve.ipynb #ce2b9995
-def serve(package: str|Path, host: str = '127.0.0.1', port: int = 8000, backend: str = 'onnx', threads: int|None = None, max_bytes: int = MAX_BYTES):
+def serve(
+    package: str | Path,
+    host: str = '127.0.0.1',
+    port: int = 8000,
+    backend: str = 'onnx',
+    threads: int | None = None,
+    max_bytes: int = MAX_BYTES,
+):
     "Serve `package` over HTTP with uvicorn (blocks)."
     import uvicorn
+
     uvicorn.run(create_app(package, backend, threads, max_bytes), host=host, port=port, log_level='warning')

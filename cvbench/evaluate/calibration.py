@@ -1,4 +1,4 @@
-"""Do the probabilities mean what they say? Expected and maximum calibration error (equal-width and equal-mass bins), Brier score, negative log-likelihood, reliability diagrams, and temperature scaling fitted on held-out images.
+"""Do the probabilities mean what they say? Calibration errors, reliability diagrams and temperature scaling.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.calibration.html.md"""
 
@@ -6,12 +6,11 @@ Docs: https://cvbench.github.io/cvbench/evaluate.calibration.html.md"""
 
 # %% ../../nbs/32_evaluate.calibration.ipynb #67b13e04
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 from scipy.optimize import minimize_scalar
-from sklearn import metrics as skm
 from ..core import markdown_table
-from .predict import LedgerError, PROB_PREFIX
+from .ledger import LedgerError
 from .classification import check_ledger, per_sample_log_loss
 
 # %% auto #0
@@ -19,8 +18,10 @@ __all__ = ['reliability_table', 'ece', 'mce', 'calibration_metrics_of', 'calibra
            'fit_temperature', 'CalibrationReport', 'temperature_scaling']
 
 # %% ../../nbs/32_evaluate.calibration.ipynb #0c5c5065
-def reliability_table(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: str = 'uniform') -> pd.DataFrame:
-    "Per-bin count, mean confidence, accuracy and gap; `strategy` is `uniform` (equal width) or `quantile` (equal mass)."
+def reliability_table(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: str = 'uniform'
+) -> pd.DataFrame:
+    "Per-bin count, mean confidence, accuracy and gap; `strategy`: `uniform` (equal width) or `quantile` (equal mass)."
     confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, bool)
     if strategy == 'uniform':
         b = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)  # bins (i/n, (i+1)/n]
@@ -29,15 +30,28 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
     elif strategy == 'quantile':
         groups = [g for g in np.array_split(np.argsort(confidence, kind='stable'), n_bins) if len(g)]
         edges = [(confidence[g].min(), confidence[g].max()) for g in groups]
-    else: raise ValueError(f'strategy must be `uniform` or `quantile`, got {strategy}')
-    rows = [dict(low=lo, high=hi, count=len(g), confidence=confidence[g].mean() if len(g) else np.nan, accuracy=correct[g].mean() if len(g) else np.nan)
-            for (lo, hi), g in zip(edges, groups)]
-    df = pd.DataFrame(rows); df['gap'] = df.accuracy - df.confidence
+    else:
+        raise ValueError(f'strategy must be `uniform` or `quantile`, got {strategy}')
+    rows = [
+        dict(
+            low=lo,
+            high=hi,
+            count=len(g),
+            confidence=confidence[g].mean() if len(g) else np.nan,
+            accuracy=correct[g].mean() if len(g) else np.nan,
+        )
+        for (lo, hi), g in zip(edges, groups)
+    ]
+    df = pd.DataFrame(rows)
+    df['gap'] = df.accuracy - df.confidence
     return df
+
 
 def ece(table: pd.DataFrame) -> float:
     "Expected calibration error: count-weighted mean |accuracy − confidence| over non-empty bins."
-    t = table[table['count'] > 0]; return float((t['count'] * t['gap'].abs()).sum() / t['count'].sum())
+    t = table[table['count'] > 0]
+    return float((t['count'] * t['gap'].abs()).sum() / t['count'].sum())
+
 
 def mce(table: pd.DataFrame) -> float:
     "Maximum calibration error over non-empty bins."
@@ -45,15 +59,24 @@ def mce(table: pd.DataFrame) -> float:
 
 # %% ../../nbs/32_evaluate.calibration.ipynb #33d007b6
 def _probs_y(ledger, classes):
-    p = check_ledger(ledger, classes); return p, ledger['label'].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    p = check_ledger(ledger, classes)
+    return p, ledger['label'].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+
 
 def calibration_metrics_of(p: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict:
     "ECE (equal width and equal mass), MCE, Brier and NLL of probabilities `p` for true classes `y`."
     conf, correct = p.max(1), p.argmax(1) == y
     tu, tq = reliability_table(conf, correct, n_bins, 'uniform'), reliability_table(conf, correct, n_bins, 'quantile')
     onehot = np.eye(p.shape[1])[y]
-    return dict(ece=ece(tu), ece_equal_mass=ece(tq), mce=mce(tu), brier=float(((p - onehot) ** 2).sum(1).mean()),
-                nll=float(per_sample_log_loss(p, y).mean()), n=len(y))
+    return dict(
+        ece=ece(tu),
+        ece_equal_mass=ece(tq),
+        mce=mce(tu),
+        brier=float(((p - onehot) ** 2).sum(1).mean()),
+        nll=float(per_sample_log_loss(p, y).mean()),
+        n=len(y),
+    )
+
 
 def calibration_metrics(ledger: pd.DataFrame, classes: list[str], n_bins: int = 15) -> dict:
     "`calibration_metrics_of` for a ledger."
@@ -62,8 +85,11 @@ def calibration_metrics(ledger: pd.DataFrame, classes: list[str], n_bins: int = 
 # %% ../../nbs/32_evaluate.calibration.ipynb #682a2b07
 def apply_temperature(p: np.ndarray, T: float) -> np.ndarray:
     "Probabilities `softmax(log p / T)`."
-    z = np.log(np.clip(p, 1e-300, 1)) / T; z -= z.max(1, keepdims=True)
-    e = np.exp(z); return e / e.sum(1, keepdims=True)
+    z = np.log(np.clip(p, 1e-300, 1)) / T
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
 
 def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
     "The temperature minimizing the NLL of `apply_temperature(p, T)` (searched over log T in [-3, 3])."
@@ -74,6 +100,7 @@ def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
 @dataclass
 class CalibrationReport:
     "Calibration before and after temperature scaling, measured on held-out images."
+
     temperature: float
     before: dict
     after: dict
@@ -83,22 +110,36 @@ class CalibrationReport:
     def summary(self) -> pd.DataFrame:
         "One row per metric: before, after."
         keys = [k for k in self.before if k != 'n']
-        return pd.DataFrame(dict(metric=keys, before=[self.before[k] for k in keys], after=[self.after[k] for k in keys]))
+        return pd.DataFrame(
+            dict(metric=keys, before=[self.before[k] for k in keys], after=[self.after[k] for k in keys])
+        )
 
-    def _repr_markdown_(self): return f'Temperature **{self.temperature:.3f}** ({self.method})\n\n' + markdown_table(self.summary())
+    def _repr_markdown_(self):
+        return f'Temperature **{self.temperature:.3f}** ({self.method})\n\n' + markdown_table(self.summary())
 
 # %% ../../nbs/32_evaluate.calibration.ipynb #fccaf5b1
-def temperature_scaling(ledger: pd.DataFrame, classes: list[str], holdout: pd.DataFrame|None = None, seed: int = 0, n_bins: int = 15) -> CalibrationReport:
+def temperature_scaling(
+    ledger: pd.DataFrame, classes: list[str], holdout: pd.DataFrame | None = None, seed: int = 0, n_bins: int = 15
+) -> CalibrationReport:
     "Fit a temperature and measure calibration before/after on held-out images (`holdout`, or two-fold cross-fitting)."
     p, y = _probs_y(ledger, classes)
     if holdout is not None:
-        ph, yh = _probs_y(holdout, classes); T = fit_temperature(ph, yh)
+        ph, yh = _probs_y(holdout, classes)
+        T = fit_temperature(ph, yh)
         after_p, method = apply_temperature(p, T), 'fitted on a separate calibration split'
     else:
-        if len(y) < 20: raise LedgerError(f'temperature scaling needs at least 20 images to cross-fit, got {len(y)}')
+        if len(y) < 20:
+            raise LedgerError(f'temperature scaling needs at least 20 images to cross-fit, got {len(y)}')
         fold = np.random.default_rng(seed).permutation(len(y)) % 2
         after_p = np.empty_like(p)
-        for f in (0, 1): after_p[fold == f] = apply_temperature(p[fold == f], fit_temperature(p[fold != f], y[fold != f]))
+        for f in (0, 1):
+            after_p[fold == f] = apply_temperature(p[fold == f], fit_temperature(p[fold != f], y[fold != f]))
         T, method = fit_temperature(p, y), 'two-fold cross-fitted on the evaluated images'
     tab = lambda q: reliability_table(q.max(1), q.argmax(1) == y, n_bins)
-    return CalibrationReport(T, calibration_metrics_of(p, y, n_bins), calibration_metrics_of(after_p, y, n_bins), dict(before=tab(p), after=tab(after_p)), method)
+    return CalibrationReport(
+        T,
+        calibration_metrics_of(p, y, n_bins),
+        calibration_metrics_of(after_p, y, n_bins),
+        dict(before=tab(p), after=tab(after_p)),
+        method,
+    )

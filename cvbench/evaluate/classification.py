@@ -1,4 +1,4 @@
-"""Accuracy, top-k, balanced accuracy, Cohen's kappa, log loss, per-class precision/recall/F1/ROC AUC/average precision, macro and weighted averages, the confusion matrix, curves, operating points and multi-label metrics, computed by scikit-learn from a predictions ledger.
+"""Classification metrics, curves and operating points from a predictions ledger, computed by scikit-learn.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.classification.html.md"""
 
@@ -6,11 +6,11 @@ Docs: https://cvbench.github.io/cvbench/evaluate.classification.html.md"""
 
 # %% ../../nbs/31_evaluate.classification.ipynb #6177ee66
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 from sklearn import metrics as skm
 from ..core import markdown_table
-from .predict import ledger_probs, LedgerError
+from .ledger import ledger_probs, LedgerError
 
 # %% auto #0
 __all__ = ['check_ledger', 'per_sample_log_loss', 'ClassificationMetrics', 'classification_metrics', 'class_curves',
@@ -21,12 +21,22 @@ def check_ledger(ledger: pd.DataFrame, classes: list[str], atol: float = 1e-4) -
     "Validate labels and probabilities of a classification ledger; return the probability matrix."
     for col in ('label', 'pred'):
         unknown = sorted(set(ledger[col].astype(str)) - set(classes))
-        if unknown: raise LedgerError(f'ledger column `{col}` has values {unknown[:5]} outside the class list {classes[:10]}')
+        if unknown:
+            raise LedgerError(f'ledger column `{col}` has values {unknown[:5]} outside the class list {classes[:10]}')
     p = ledger_probs(ledger, classes)
-    if not np.isfinite(p).all(): raise LedgerError(f'ledger has {int((~np.isfinite(p)).sum())} NaN or infinite probabilities (first row {int(np.flatnonzero(~np.isfinite(p).all(1))[0])})')
-    if (p < 0).any(): raise LedgerError('ledger has negative probabilities; write softmax outputs, not logits')
+    if not np.isfinite(p).all():
+        raise LedgerError(
+            f'ledger has {int((~np.isfinite(p)).sum())} NaN or infinite probabilities '
+            f'(first row {int(np.flatnonzero(~np.isfinite(p).all(1))[0])})'
+        )
+    if (p < 0).any():
+        raise LedgerError('ledger has negative probabilities; write softmax outputs, not logits')
     off = np.abs(p.sum(1) - 1) > atol
-    if off.any(): raise LedgerError(f'{int(off.sum())} ledger row(s) have probabilities that do not sum to 1 (first: row {int(np.flatnonzero(off)[0])}, sum {p.sum(1)[off][0]:.4f}); write softmax outputs')
+    if off.any():
+        raise LedgerError(
+            f'{int(off.sum())} ledger row(s) have probabilities that do not sum to 1 '
+            f'(first: row {int(np.flatnonzero(off)[0])}, sum {p.sum(1)[off][0]:.4f}); write softmax outputs'
+        )
     return p
 
 # %% ../../nbs/31_evaluate.classification.ipynb #a3c1fc48
@@ -47,6 +57,7 @@ def _ovr(score_fn, y: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
 @dataclass
 class ClassificationMetrics:
     "Headline and per-class classification metrics of one ledger."
+
     n: int
     accuracy: float
     balanced_accuracy: float
@@ -61,77 +72,153 @@ class ClassificationMetrics:
 
     def headline(self) -> dict:
         "The numbers worth a table row."
-        return dict(accuracy=self.accuracy, **{f'top{k}_accuracy': v for k, v in self.top_k.items()}, balanced_accuracy=self.balanced_accuracy,
-                    macro_f1=self.macro['f1'], weighted_f1=self.weighted['f1'], kappa=self.kappa, log_loss=self.log_loss,
-                    macro_auc=self.macro['auc'], macro_ap=self.macro['ap'], n=self.n)
+        return dict(
+            accuracy=self.accuracy,
+            **{f'top{k}_accuracy': v for k, v in self.top_k.items()},
+            balanced_accuracy=self.balanced_accuracy,
+            macro_f1=self.macro['f1'],
+            weighted_f1=self.weighted['f1'],
+            kappa=self.kappa,
+            log_loss=self.log_loss,
+            macro_auc=self.macro['auc'],
+            macro_ap=self.macro['ap'],
+            n=self.n,
+        )
 
     def to_dict(self) -> dict:
         "JSON-ready form (the run directory's `metrics.json`)."
-        return dict(n=self.n, accuracy=self.accuracy, balanced_accuracy=self.balanced_accuracy, kappa=self.kappa, log_loss=self.log_loss,
-                    top_k={str(k): v for k, v in self.top_k.items()}, macro=self.macro, weighted=self.weighted,
-                    per_class=self.per_class.replace({np.nan: None}).to_dict('records'), confusion=self.confusion.tolist(), classes=self.classes)
+        return dict(
+            n=self.n,
+            accuracy=self.accuracy,
+            balanced_accuracy=self.balanced_accuracy,
+            kappa=self.kappa,
+            log_loss=self.log_loss,
+            top_k={str(k): v for k, v in self.top_k.items()},
+            macro=self.macro,
+            weighted=self.weighted,
+            per_class=self.per_class.replace({np.nan: None}).to_dict('records'),
+            confusion=self.confusion.tolist(),
+            classes=self.classes,
+        )
 
     def _repr_markdown_(self):
-        h = ' · '.join(f'**{k}** {v:.4f}' if isinstance(v, float) else f'**{k}** {v}' for k, v in self.headline().items())
+        h = ' · '.join(
+            f'**{k}** {v:.4f}' if isinstance(v, float) else f'**{k}** {v}' for k, v in self.headline().items()
+        )
         return h + '\n\n' + markdown_table(self.per_class)
 
 # %% ../../nbs/31_evaluate.classification.ipynb #e40658a8
-def classification_metrics(ledger: pd.DataFrame, classes: list[str], top_k: int|list[int] = 5) -> ClassificationMetrics:
+def classification_metrics(
+    ledger: pd.DataFrame, classes: list[str], top_k: int | list[int] = 5
+) -> ClassificationMetrics:
     "Metrics of a classification ledger, by scikit-learn."
     p = check_ledger(ledger, classes)
     idx, k = {c: i for i, c in enumerate(classes)}, len(classes)
-    y, yhat, labels = ledger['label'].astype(str).map(idx).to_numpy(), ledger['pred'].astype(str).map(idx).to_numpy(), np.arange(k)
+    y, yhat, labels = (
+        ledger['label'].astype(str).map(idx).to_numpy(),
+        ledger['pred'].astype(str).map(idx).to_numpy(),
+        np.arange(k),
+    )
     pr, rc, f1, sup = skm.precision_recall_fscore_support(y, yhat, labels=labels, zero_division=0)
     auc, ap = _ovr(skm.roc_auc_score, y, p, k), _ovr(skm.average_precision_score, y, p, k)
     per = pd.DataFrame(dict(cls=classes, precision=pr, recall=rc, f1=f1, auc=auc, ap=ap, support=sup))
-    def avg(a):  # over the classes present in the labels or predictions (scikit-learn's default): an absent class is not a zero
-        d = dict(zip(('precision', 'recall', 'f1'), map(float, skm.precision_recall_fscore_support(y, yhat, average=a, zero_division=0)[:3])))
+
+    def avg(
+        a,
+    ):  # over the classes present in the labels or predictions (scikit-learn's default): an absent class is not a zero
+        d = dict(
+            zip(
+                ('precision', 'recall', 'f1'),
+                map(float, skm.precision_recall_fscore_support(y, yhat, average=a, zero_division=0)[:3]),
+            )
+        )
         w = sup if a == 'weighted' else np.ones(k)
         for name, v in (('auc', auc), ('ap', ap)):
-            ok = ~np.isnan(v); d[name] = float(np.average(v[ok], weights=w[ok])) if ok.any() and w[ok].sum() > 0 else float('nan')
+            ok = ~np.isnan(v)
+            d[name] = float(np.average(v[ok], weights=w[ok])) if ok.any() and w[ok].sum() > 0 else float('nan')
         return d
+
     ks = [kk for kk in ([top_k] if isinstance(top_k, int) else top_k) if 1 < kk < k]
-    return ClassificationMetrics(len(y), float(skm.accuracy_score(y, yhat)), float(skm.balanced_accuracy_score(y, yhat)),
-                                 float(skm.cohen_kappa_score(y, yhat)), float(per_sample_log_loss(p, y).mean()),
-                                 {kk: float(skm.top_k_accuracy_score(y, p, k=kk, labels=labels)) for kk in ks},
-                                 avg('macro'), avg('weighted'), per, skm.confusion_matrix(y, yhat, labels=labels), list(classes))
+    return ClassificationMetrics(
+        len(y),
+        float(skm.accuracy_score(y, yhat)),
+        float(skm.balanced_accuracy_score(y, yhat)),
+        float(skm.cohen_kappa_score(y, yhat)),
+        float(per_sample_log_loss(p, y).mean()),
+        {kk: float(skm.top_k_accuracy_score(y, p, k=kk, labels=labels)) for kk in ks},
+        avg('macro'),
+        avg('weighted'),
+        per,
+        skm.confusion_matrix(y, yhat, labels=labels),
+        list(classes),
+    )
 
 # %% ../../nbs/31_evaluate.classification.ipynb #071601f9
 def class_curves(ledger: pd.DataFrame, classes: list[str], kind: str = 'roc') -> dict:
-    "Per-class `(x, y, thresholds)`: ROC (`fpr`, `tpr`) or PR (`recall`, `precision`); classes without positives are left out."
-    p = check_ledger(ledger, classes); y = ledger['label'].astype(str).to_numpy()
+    "Per-class `(x, y, thresholds)`: ROC (`fpr`, `tpr`) or PR (`recall`, `precision`); no curve without positives."
+    p = check_ledger(ledger, classes)
+    y = ledger['label'].astype(str).to_numpy()
     out = {}
     for i, c in enumerate(classes):
         pos = y == c
-        if not 0 < pos.sum() < len(y): continue
-        if kind == 'roc': fpr, tpr, thr = skm.roc_curve(pos, p[:, i]); out[c] = (fpr, tpr, thr)
-        else: pr, rc, thr = skm.precision_recall_curve(pos, p[:, i]); out[c] = (rc, pr, thr)
+        if not 0 < pos.sum() < len(y):
+            continue
+        if kind == 'roc':
+            fpr, tpr, thr = skm.roc_curve(pos, p[:, i])
+            out[c] = (fpr, tpr, thr)
+        else:
+            pr, rc, thr = skm.precision_recall_curve(pos, p[:, i])
+            out[c] = (rc, pr, thr)
     return out
 
 # %% ../../nbs/31_evaluate.classification.ipynb #18a8f21b
 def threshold_table(scores: np.ndarray, positive: np.ndarray) -> pd.DataFrame:
     "Counts and rates at every distinct score used as threshold (predict positive when `score >= threshold`)."
-    order = np.argsort(-scores, kind='mergesort'); s, t = scores[order], positive[order].astype(np.int64)
+    order = np.argsort(-scores, kind='mergesort')
+    s, t = scores[order], positive[order].astype(np.int64)
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
-    tp = np.cumsum(t)[last]; fp = (last + 1) - tp
+    tp = np.cumsum(t)[last]
+    fp = (last + 1) - tp
     P, N = int(t.sum()), int(len(t) - t.sum())
     with np.errstate(invalid='ignore', divide='ignore'):
-        df = pd.DataFrame(dict(threshold=s[last], tp=tp, fp=fp, fn=P - tp, tn=N - fp, precision=tp / (tp + fp),
-                               recall=tp / P if P else np.nan, fpr=fp / N if N else np.nan))
+        df = pd.DataFrame(
+            dict(
+                threshold=s[last],
+                tp=tp,
+                fp=fp,
+                fn=P - tp,
+                tn=N - fp,
+                precision=tp / (tp + fp),
+                recall=tp / P if P else np.nan,
+                fpr=fp / N if N else np.nan,
+            )
+        )
     df['fnr'] = 1 - df['recall']
     return df
 
+
 def operating_point(ledger: pd.DataFrame, classes: list[str], positive: str, target_recall: float) -> dict:
     "The highest threshold on `positive`'s probability that reaches `target_recall`, with its precision, FPR and FNR."
-    if positive not in classes: raise LedgerError(f'operating point: class `{positive}` is not one of {classes[:10]}')
-    if not 0 < target_recall <= 1: raise LedgerError(f'target recall must be in (0, 1], got {target_recall}')
+    if positive not in classes:
+        raise LedgerError(f'operating point: class `{positive}` is not one of {classes[:10]}')
+    if not 0 < target_recall <= 1:
+        raise LedgerError(f'target recall must be in (0, 1], got {target_recall}')
     p = check_ledger(ledger, classes)
     pos = ledger['label'].astype(str).to_numpy() == positive
-    if not pos.any(): raise LedgerError(f'operating point: no image of class `{positive}` in the ledger')
+    if not pos.any():
+        raise LedgerError(f'operating point: no image of class `{positive}` in the ledger')
     tab = threshold_table(p[:, classes.index(positive)], pos)
     row = tab[tab.recall >= target_recall].iloc[0]
-    return dict(cls=positive, target_recall=target_recall, **{k: float(row[k]) for k in ('threshold', 'recall', 'precision', 'fpr', 'fnr')},
-                tp=int(row.tp), fp=int(row.fp), fn=int(row.fn), tn=int(row.tn))
+    return dict(
+        cls=positive,
+        target_recall=target_recall,
+        **{k: float(row[k]) for k in ('threshold', 'recall', 'precision', 'fpr', 'fnr')},
+        tp=int(row.tp),
+        fp=int(row.fp),
+        fn=int(row.fn),
+        tn=int(row.tn),
+    )
+
 
 def operating_points(ledger: pd.DataFrame, classes: list[str], target_recall: float = 0.95) -> pd.DataFrame:
     "`operating_point` for every class present in the ledger (one-vs-rest)."
@@ -142,15 +229,22 @@ def operating_points(ledger: pd.DataFrame, classes: list[str], target_recall: fl
 def multilabel_metrics(ledger: pd.DataFrame, classes: list[str], threshold: float = 0.5) -> dict:
     "Per-label P/R/F1/support, micro/macro F1, subset accuracy and Hamming loss of a multi-label ledger."
     p = ledger_probs(ledger, classes)
-    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any(): raise LedgerError('multi-label probabilities must be finite and in [0, 1]')
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise LedgerError('multi-label probabilities must be finite and in [0, 1]')
     idx = {c: i for i, c in enumerate(classes)}
     Y = np.zeros_like(p, dtype=int)
     for r, lab in enumerate(ledger['label'].astype(str)):
         for l in filter(None, lab.split('|')):
-            if l not in idx: raise LedgerError(f'label `{l}` (row {r}) is not in the class list {classes[:10]}')
+            if l not in idx:
+                raise LedgerError(f'label `{l}` (row {r}) is not in the class list {classes[:10]}')
             Y[r, idx[l]] = 1
     P = (p >= threshold).astype(int)
     pr, rc, f1, sup = skm.precision_recall_fscore_support(Y, P, zero_division=0)
-    return dict(per_label=pd.DataFrame(dict(cls=classes, precision=pr, recall=rc, f1=f1, support=sup)),
-                micro_f1=float(skm.f1_score(Y, P, average='micro', zero_division=0)), macro_f1=float(skm.f1_score(Y, P, average='macro', zero_division=0)),
-                subset_accuracy=float(skm.accuracy_score(Y, P)), hamming_loss=float(skm.hamming_loss(Y, P)), threshold=threshold)
+    return dict(
+        per_label=pd.DataFrame(dict(cls=classes, precision=pr, recall=rc, f1=f1, support=sup)),
+        micro_f1=float(skm.f1_score(Y, P, average='micro', zero_division=0)),
+        macro_f1=float(skm.f1_score(Y, P, average='macro', zero_division=0)),
+        subset_accuracy=float(skm.accuracy_score(Y, P)),
+        hamming_loss=float(skm.hamming_loss(Y, P)),
+        threshold=threshold,
+    )

@@ -1,4 +1,4 @@
-"""Baseline against candidate on the same images: every headline metric and every slice with the paired difference and its interval, regression sets, operating points, and a release decision from a gate file, as a table for people and an exit code for CI.
+"""Baseline against candidate on the same images, with paired intervals and a release decision from a gate file.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.compare.html.md"""
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, pandas as pd, yaml
+import pandas as pd, yaml
 from ..core import CvbenchError, ConfigError, markdown_table
-from .predict import read_ledger, LedgerError
-from .stats import paired_bootstrap, mcnemar, align_ledgers, point_metrics
+from .ledger import LedgerError
+from .stats import paired_bootstrap, mcnemar, align_ledgers
 from .slices import slice_frame
 from .classification import operating_point
 from .errors import regression_set_results
@@ -24,37 +24,50 @@ __all__ = ['GATE_METRICS', 'load_gate', 'Comparison', 'compare']
 GATE_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1', 'kappa', 'log_loss', 'top5_accuracy')
 _SECTIONS = {'metrics', 'slices', 'operating_points', 'regression_sets'}
 
+
 def _keys(d, allowed: set, where: str):
-    if not isinstance(d, dict): raise ConfigError(f'gate: `{where}` must be a mapping, got {d!r}')
+    if not isinstance(d, dict):
+        raise ConfigError(f'gate: `{where}` must be a mapping, got {d!r}')
     bad = set(d) - allowed
-    if bad: raise ConfigError(f'gate: unknown key(s) {sorted(bad)} in `{where}`; allowed: {sorted(allowed)}')
+    if bad:
+        raise ConfigError(f'gate: unknown key(s) {sorted(bad)} in `{where}`; allowed: {sorted(allowed)}')
     return d
 
-def load_gate(src: str|Path|dict) -> dict:
+
+def load_gate(src: str | Path | dict) -> dict:
     "Read and check a gate (YAML file or dict)."
-    if isinstance(src, dict): g = src
+    if isinstance(src, dict):
+        g = src
     else:
         p = Path(src)
-        if not p.is_file(): raise ConfigError(f'gate file {p} does not exist')
-        try: g = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e: raise ConfigError(f'gate file {p} is not valid YAML: {e}') from None
+        if not p.is_file():
+            raise ConfigError(f'gate file {p} does not exist')
+        try:
+            g = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f'gate file {p} is not valid YAML: {e}') from None
     _keys(g, _SECTIONS, 'gate')
     for m, rule in (g.get('metrics') or {}).items():
-        if m not in GATE_METRICS: raise ConfigError(f'gate: unknown metric `{m}`; known: {", ".join(GATE_METRICS)}')
+        if m not in GATE_METRICS:
+            raise ConfigError(f'gate: unknown metric `{m}`; known: {", ".join(GATE_METRICS)}')
         _keys(rule, {'max_drop'}, f'metrics.{m}')
     if 'slices' in g:
         s = _keys(g['slices'], {'metric', 'max_drop', 'min_count', 'columns'}, 'slices')
-        if s.get('metric', 'accuracy') not in GATE_METRICS: raise ConfigError(f'gate: unknown slice metric `{s["metric"]}`; known: {", ".join(GATE_METRICS)}')
+        if s.get('metric', 'accuracy') not in GATE_METRICS:
+            raise ConfigError(f'gate: unknown slice metric `{s["metric"]}`; known: {", ".join(GATE_METRICS)}')
     for i, op in enumerate(g.get('operating_points') or []):
         _keys(op, {'class', 'recall', 'max_fpr'}, f'operating_points[{i}]')
-        if not {'class', 'recall', 'max_fpr'} <= set(op): raise ConfigError(f'gate: operating_points[{i}] needs class, recall and max_fpr')
-    if 'regression_sets' in g: _keys(g['regression_sets'], {'min_accuracy'}, 'regression_sets')
+        if not {'class', 'recall', 'max_fpr'} <= set(op):
+            raise ConfigError(f'gate: operating_points[{i}] needs class, recall and max_fpr')
+    if 'regression_sets' in g:
+        _keys(g['regression_sets'], {'min_accuracy'}, 'regression_sets')
     return g
 
 # %% ../../nbs/38_evaluate.compare.ipynb #e21580d8
 @dataclass
 class Comparison:
     "The result of `compare`: tables, gate checks and the decision."
+
     metrics: pd.DataFrame
     mcnemar: dict
     slices: pd.DataFrame
@@ -65,78 +78,196 @@ class Comparison:
 
     def to_dict(self) -> dict:
         clean = lambda df: json.loads(df.to_json(orient='records'))
-        return dict(passed=self.passed, metrics=clean(self.metrics), mcnemar=self.mcnemar, slices=clean(self.slices),
-                    regression_sets=clean(self.regression_sets), checks=clean(self.checks), notes=self.notes)
+        return dict(
+            passed=self.passed,
+            metrics=clean(self.metrics),
+            mcnemar=self.mcnemar,
+            slices=clean(self.slices),
+            regression_sets=clean(self.regression_sets),
+            checks=clean(self.checks),
+            notes=self.notes,
+        )
 
     def to_markdown(self) -> str:
-        out = [f'**Decision: {"PASS" if self.passed else "FAIL"}**' if len(self.checks) else '**No gate given: report only.**', '']
+        out = [
+            f'**Decision: {"PASS" if self.passed else "FAIL"}**'
+            if len(self.checks)
+            else '**No gate given: report only.**',
+            '',
+        ]
         out += [n for n in self.notes] + ([''] if self.notes else [])
-        out += ['### Metrics (candidate − baseline, paired bootstrap 95 % interval)', '', markdown_table(self.metrics.drop(columns='higher_is_better')), '',
-                f'McNemar (accuracy): baseline-only right {self.mcnemar["only_baseline_right"]}, candidate-only right {self.mcnemar["only_candidate_right"]}, p = {self.mcnemar["p_value"]:.4g}', '']
-        if len(self.checks): out += ['### Gate checks', '', markdown_table(self.checks), '']
-        if len(self.regression_sets): out += ['### Regression sets', '', markdown_table(self.regression_sets), '']
-        if len(self.slices): out += ['### Slices', '', markdown_table(self.slices), '']
+        out += [
+            '### Metrics (candidate − baseline, paired bootstrap 95 % interval)',
+            '',
+            markdown_table(self.metrics.drop(columns='higher_is_better')),
+            '',
+            f'McNemar (accuracy): baseline-only right {self.mcnemar["only_baseline_right"]}, '
+            f'candidate-only right {self.mcnemar["only_candidate_right"]}, p = {self.mcnemar["p_value"]:.4g}',
+            '',
+        ]
+        if len(self.checks):
+            out += ['### Gate checks', '', markdown_table(self.checks), '']
+        if len(self.regression_sets):
+            out += ['### Regression sets', '', markdown_table(self.regression_sets), '']
+        if len(self.slices):
+            out += ['### Slices', '', markdown_table(self.slices), '']
         return '\n'.join(out)
 
-    def _repr_markdown_(self): return self.to_markdown()
+    def _repr_markdown_(self):
+        return self.to_markdown()
 
 # %% ../../nbs/38_evaluate.compare.ipynb #c12e2d31
 def _slice_deltas(a, b, classes, samples_df, metric, min_count, columns, n_resamples, seed) -> pd.DataFrame:
     sf = slice_frame(a, samples_df, columns)
     rows = []
     for col in sf.columns:
-        if sf[col].nunique() < 2: continue
+        if sf[col].nunique() < 2:
+            continue
         for v in sorted(sf[col].unique()):
             m = (sf[col] == v).to_numpy()
             d = paired_bootstrap(a[m], b[m], classes, n_resamples, seed).set_index('metric').loc[metric]
-            rows.append(dict(column=col, value=v, n=int(m.sum()), too_small=bool(m.sum() < min_count), baseline=d.baseline, candidate=d.candidate,
-                             delta=d.delta, low=d.low, high=d.high, significant=bool(d.significant)))
-    return pd.DataFrame(rows, columns=['column', 'value', 'n', 'too_small', 'baseline', 'candidate', 'delta', 'low', 'high', 'significant'])
+            rows.append(
+                dict(
+                    column=col,
+                    value=v,
+                    n=int(m.sum()),
+                    too_small=bool(m.sum() < min_count),
+                    baseline=d.baseline,
+                    candidate=d.candidate,
+                    delta=d.delta,
+                    low=d.low,
+                    high=d.high,
+                    significant=bool(d.significant),
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=['column', 'value', 'n', 'too_small', 'baseline', 'candidate', 'delta', 'low', 'high', 'significant'],
+    )
+
 
 def _worse(row, max_drop: float) -> bool:
     "The whole interval of the difference is on the bad side of `max_drop`."
     return bool(row.high < -max_drop) if row.metric != 'log_loss' else bool(row.low > max_drop)
 
 # %% ../../nbs/38_evaluate.compare.ipynb #b3915cae
-def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, classes: list[str], samples_df: pd.DataFrame|None = None,
-            gate: dict|str|Path|None = None, regression_sets: dict|None = None, n_resamples: int = 1000, seed: int = 0,
-            baseline_meta: dict|None = None, candidate_meta: dict|None = None, allow_data_mismatch: bool = False) -> Comparison:
+def compare(
+    baseline: pd.DataFrame,
+    candidate: pd.DataFrame,
+    classes: list[str],
+    samples_df: pd.DataFrame | None = None,
+    gate: dict | str | Path | None = None,
+    regression_sets: dict | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    baseline_meta: dict | None = None,
+    candidate_meta: dict | None = None,
+    allow_data_mismatch: bool = False,
+) -> Comparison:
     "Compare two ledgers of the same images; apply `gate` if given."
     g = load_gate(gate) if gate is not None else {}
     notes = []
     va, vb = (baseline_meta or {}).get('data_version'), (candidate_meta or {}).get('data_version')
     if va and vb and va != vb:
-        if not allow_data_mismatch: raise LedgerError(f'the ledgers come from different dataset versions ({va} vs {vb}); compare on the same data, or allow a data mismatch explicitly')
-        notes.append(f'Warning: different dataset versions ({va} vs {vb}); compared on the {len(set(baseline.image_id) & set(candidate.image_id))} common images.')
+        if not allow_data_mismatch:
+            raise LedgerError(
+                f'the ledgers come from different dataset versions ({va} vs {vb}); '
+                'compare on the same data, or allow a data mismatch explicitly'
+            )
+        notes.append(
+            f'Warning: different dataset versions ({va} vs {vb}); '
+            f'compared on the {len(set(baseline.image_id) & set(candidate.image_id))} common images.'
+        )
     a, b = align_ledgers(baseline, candidate, allow_missing=allow_data_mismatch)
     mets = paired_bootstrap(a, b, classes, n_resamples, seed)
     sl = g.get('slices') or {}
-    slices = _slice_deltas(a, b, classes, samples_df, sl.get('metric', 'accuracy'), sl.get('min_count', 30), sl.get('columns'), n_resamples, seed) \
-             if samples_df is not None else pd.DataFrame()
-    if samples_df is None and 'slices' in g: raise CvbenchError('the gate has a `slices` rule but no samples table was given to slice by')
+    slices = (
+        _slice_deltas(
+            a,
+            b,
+            classes,
+            samples_df,
+            sl.get('metric', 'accuracy'),
+            sl.get('min_count', 30),
+            sl.get('columns'),
+            n_resamples,
+            seed,
+        )
+        if samples_df is not None
+        else pd.DataFrame()
+    )
+    if samples_df is None and 'slices' in g:
+        raise CvbenchError('the gate has a `slices` rule but no samples table was given to slice by')
     rs = pd.DataFrame()
     if regression_sets:
         ra, rb = regression_set_results(a, regression_sets), regression_set_results(b, regression_sets)
         rs = ra[['set', 'size', 'found']].assign(baseline=ra.accuracy, candidate=rb.accuracy)
     checks = []
     for m, rule in (g.get('metrics') or {}).items():
-        row = mets.set_index('metric').loc[m].rename(m); row['metric'] = m
-        checks.append(dict(rule=f'metric {m}', value=row.delta, limit=-rule.get('max_drop', 0.0), passed=not _worse(row, rule.get('max_drop', 0.0)),
-                           detail=f'Δ {row.delta:+.4f} [{row.low:+.4f}, {row.high:+.4f}]'))
+        row = mets.set_index('metric').loc[m].rename(m)
+        row['metric'] = m
+        checks.append(
+            dict(
+                rule=f'metric {m}',
+                value=row.delta,
+                limit=-rule.get('max_drop', 0.0),
+                passed=not _worse(row, rule.get('max_drop', 0.0)),
+                detail=f'Δ {row.delta:+.4f} [{row.low:+.4f}, {row.high:+.4f}]',
+            )
+        )
     if sl:
         cand = slices[~slices.too_small]
-        bad = cand[cand.high < -sl.get('max_drop', 0.01)] if sl.get('metric', 'accuracy') != 'log_loss' else cand[cand.low > sl.get('max_drop', 0.01)]
-        checks.append(dict(rule=f'slices {sl.get("metric", "accuracy")}', value=float(cand.delta.min()) if len(cand) else float('nan'), limit=-sl.get('max_drop', 0.01),
-                           passed=len(bad) == 0, detail='; '.join(f'{r.column}={r.value}: Δ {r.delta:+.4f} [{r.low:+.4f}, {r.high:+.4f}]' for r in bad.itertuples()) or f'{len(cand)} slices checked'))
+        bad = (
+            cand[cand.high < -sl.get('max_drop', 0.01)]
+            if sl.get('metric', 'accuracy') != 'log_loss'
+            else cand[cand.low > sl.get('max_drop', 0.01)]
+        )
+        checks.append(
+            dict(
+                rule=f'slices {sl.get("metric", "accuracy")}',
+                value=float(cand.delta.min()) if len(cand) else float('nan'),
+                limit=-sl.get('max_drop', 0.01),
+                passed=len(bad) == 0,
+                detail='; '.join(
+                    f'{r.column}={r.value}: Δ {r.delta:+.4f} [{r.low:+.4f}, {r.high:+.4f}]' for r in bad.itertuples()
+                )
+                or f'{len(cand)} slices checked',
+            )
+        )
     for op in g.get('operating_points') or []:
         o = operating_point(b, classes, str(op['class']), float(op['recall']))
-        checks.append(dict(rule=f'FPR of {op["class"]} at recall {op["recall"]}', value=o['fpr'], limit=op['max_fpr'], passed=o['fpr'] <= op['max_fpr'],
-                           detail=f'threshold {o["threshold"]:.4f}, precision {o["precision"]:.4f}'))
+        checks.append(
+            dict(
+                rule=f'FPR of {op["class"]} at recall {op["recall"]}',
+                value=o['fpr'],
+                limit=op['max_fpr'],
+                passed=o['fpr'] <= op['max_fpr'],
+                detail=f'threshold {o["threshold"]:.4f}, precision {o["precision"]:.4f}',
+            )
+        )
     if 'regression_sets' in g:
-        if not regression_sets: checks.append(dict(rule='regression sets', value=float('nan'), limit=g['regression_sets']['min_accuracy'], passed=True, detail='no regression set defined yet (create one with `cvbench promote`)'))
+        if not regression_sets:
+            checks.append(
+                dict(
+                    rule='regression sets',
+                    value=float('nan'),
+                    limit=g['regression_sets']['min_accuracy'],
+                    passed=True,
+                    detail='no regression set defined yet (create one with `cvbench promote`)',
+                )
+            )
         for r in rs.itertuples():
             ok = r.found > 0 and r.candidate >= g['regression_sets']['min_accuracy']
-            checks.append(dict(rule=f'regression set {r.set}', value=r.candidate, limit=g['regression_sets']['min_accuracy'], passed=bool(ok),
-                               detail=f'{r.found} of {r.size} images evaluated' if r.found else 'no image of the set is in the ledger'))
+            checks.append(
+                dict(
+                    rule=f'regression set {r.set}',
+                    value=r.candidate,
+                    limit=g['regression_sets']['min_accuracy'],
+                    passed=bool(ok),
+                    detail=f'{r.found} of {r.size} images evaluated'
+                    if r.found
+                    else 'no image of the set is in the ledger',
+                )
+            )
     ch = pd.DataFrame(checks, columns=['rule', 'value', 'limit', 'passed', 'detail'])
     return Comparison(mets, mcnemar(a, b), slices, rs, ch, bool(ch.passed.all()) if len(ch) else True, notes)

@@ -1,4 +1,4 @@
-"""Where the model fails and what those failures have in common: the most-confused class pairs, failure clusters in the model's own feature space ranked by error rate, and regression sets: named groups of hard images that every later evaluation reports on their own.
+"""Where the model fails: most-confused pairs, failure clusters in feature space, and regression sets.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.errors.html.md"""
 
@@ -6,11 +6,11 @@ Docs: https://cvbench.github.io/cvbench/evaluate.errors.html.md"""
 
 # %% ../../nbs/39_evaluate.errors.ipynb #f397fa00
 from __future__ import annotations
-import datetime, json, logging, re
+import datetime, logging, re
 from pathlib import Path
 import numpy as np, pandas as pd
 from ..core import CvbenchError, write_json, read_json
-from .predict import LedgerError
+from .ledger import LedgerError
 
 # %% auto #0
 __all__ = ['log', 'most_confused', 'cluster_failures', 'promote', 'load_regression_sets', 'regression_set_results']
@@ -18,67 +18,125 @@ __all__ = ['log', 'most_confused', 'cluster_failures', 'promote', 'load_regressi
 # %% ../../nbs/39_evaluate.errors.ipynb #97ea3c77
 log = logging.getLogger(__name__)
 
+
 def most_confused(ledger: pd.DataFrame, top: int = 5, min_count: int = 1) -> pd.DataFrame:
     "The `top` (true, predicted) pairs with the most errors, with their share of the true class."
     err = ledger[ledger['label'].astype(str) != ledger['pred'].astype(str)]
     pairs = err.groupby([err['label'].astype(str), err['pred'].astype(str)]).size().rename('count').reset_index()
     pairs.columns = ['label', 'pred', 'count']
-    pairs['share_of_class'] = pairs['count'] / pairs['label'].map(ledger['label'].astype(str).value_counts())
-    return pairs[pairs['count'] >= min_count].sort_values(['count', 'label'], ascending=[False, True]).head(top).reset_index(drop=True)
+    per_class = pairs['label'].map(ledger['label'].astype(str).value_counts()).astype('float64')
+    pairs['share_of_class'] = pairs['count'] / per_class  # float even with no errors at all
+    return (
+        pairs[pairs['count'] >= min_count]
+        .sort_values(['count', 'label'], ascending=[False, True])
+        .head(top)
+        .reset_index(drop=True)
+    )
 
 # %% ../../nbs/39_evaluate.errors.ipynb #bc3ab34c
-def cluster_failures(ledger: pd.DataFrame, n_clusters: int|None = None, seed: int = 0, min_size: int = 5) -> tuple[pd.DataFrame, pd.Series]:
-    "Cluster images by their `embedding`; return per-cluster size/errors/error rate (highest first) and each image's cluster."
+def cluster_failures(
+    ledger: pd.DataFrame, n_clusters: int | None = None, seed: int = 0, min_size: int = 5
+) -> tuple[pd.DataFrame, pd.Series]:
+    "Cluster images by `embedding`; return per-cluster size, errors, error rate (worst first) and each image's cluster."
     from sklearn.cluster import KMeans
-    if 'embedding' not in ledger: raise LedgerError('the ledger has no `embedding` column; evaluate with embeddings (`cvbench eval` writes them) to cluster failures')
+
+    if 'embedding' not in ledger:
+        raise LedgerError(
+            'the ledger has no `embedding` column; '
+            'evaluate with embeddings (`cvbench eval` writes them) to cluster failures'
+        )
     X = np.stack(ledger['embedding'].to_numpy()).astype(np.float64)
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     k = n_clusters or int(np.clip(round(np.sqrt(len(X) / 10)), 2, 20))
     k = min(k, len(X))
     lab = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(X)
     wrong = (ledger['label'].astype(str) != ledger['pred'].astype(str)).to_numpy()
-    df = pd.DataFrame(dict(cluster=lab, wrong=wrong)).groupby('cluster').agg(n=('wrong', 'size'), errors=('wrong', 'sum')).reset_index()
+    df = (
+        pd.DataFrame(dict(cluster=lab, wrong=wrong))
+        .groupby('cluster')
+        .agg(n=('wrong', 'size'), errors=('wrong', 'sum'))
+        .reset_index()
+    )
     df['error_rate'] = df.errors / df.n
     df['top_confusion'] = [_top_pair(ledger[(lab == c) & wrong]) for c in df.cluster]
     df['ranked'] = df.n >= min_size
     df = df.sort_values(['ranked', 'error_rate', 'errors'], ascending=False).reset_index(drop=True)
     return df, pd.Series(lab, index=ledger['image_id'].astype(str).to_numpy(), name='cluster')
 
+
 def _top_pair(err: pd.DataFrame) -> str:
-    if not len(err): return ''
-    (l, p), c = (err['label'].astype(str) + '\0' + err['pred'].astype(str)).value_counts().index[0].split('\0'), None
-    return f'{l} → {p}'
+    if not len(err):
+        return ''
+    label, pred = (err['label'].astype(str) + '\0' + err['pred'].astype(str)).value_counts().index[0].split('\0')
+    return f'{label} → {pred}'
 
 # %% ../../nbs/39_evaluate.errors.ipynb #55e7ac06
 def _check_name(name: str) -> str:
-    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}', name or ''): raise CvbenchError(f'regression set name {name!r} must be 1-64 letters, digits, `_`, `-` or `.`')
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}', name or ''):
+        raise CvbenchError(f'regression set name {name!r} must be 1-64 letters, digits, `_`, `-` or `.`')
     return name
 
-def promote(name: str, image_ids: list[str], sets_dir: str|Path = 'regression_sets', source: str = '', note: str = '', replace: bool = False) -> Path:
-    "Save `image_ids` as regression set `name` (JSON, written atomically); refuse to overwrite unless `replace`."
-    path = Path(sets_dir)/f'{_check_name(name)}.json'
-    ids = sorted(set(map(str, image_ids)))
-    if not ids: raise CvbenchError(f'regression set `{name}` would be empty; give at least one image id')
-    if path.exists() and not replace: raise CvbenchError(f'regression set `{name}` already exists ({path}); choose another name, or replace it (`--replace` on the command line)')
-    return write_json(path, dict(name=name, image_ids=ids, n=len(ids), source=source, note=note,
-                                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
 
-def load_regression_sets(sets_dir: str|Path = 'regression_sets') -> dict[str, list[str]]:
+def promote(
+    name: str,
+    image_ids: list[str],
+    sets_dir: str | Path = 'regression_sets',
+    source: str = '',
+    note: str = '',
+    replace: bool = False,
+) -> Path:
+    "Save `image_ids` as regression set `name` (JSON, written atomically); refuse to overwrite unless `replace`."
+    path = Path(sets_dir) / f'{_check_name(name)}.json'
+    ids = sorted(set(map(str, image_ids)))
+    if not ids:
+        raise CvbenchError(f'regression set `{name}` would be empty; give at least one image id')
+    if path.exists() and not replace:
+        raise CvbenchError(
+            f'regression set `{name}` already exists ({path}); '
+            'choose another name, or replace it (`--replace` on the command line)'
+        )
+    return write_json(
+        path,
+        dict(
+            name=name,
+            image_ids=ids,
+            n=len(ids),
+            source=source,
+            note=note,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        ),
+    )
+
+
+def load_regression_sets(sets_dir: str | Path = 'regression_sets') -> dict[str, list[str]]:
     "All regression sets in `sets_dir`: name → image ids (an absent folder means none)."
     d = Path(sets_dir)
-    if not d.is_dir(): return {}
+    if not d.is_dir():
+        return {}
     out = {}
     for f in sorted(d.glob('*.json')):
-        try: out[f.stem] = [str(i) for i in read_json(f)['image_ids']]
-        except (KeyError, ValueError, TypeError) as e: raise CvbenchError(f'{f} is not a regression set (needs `image_ids`): {e}') from None
+        try:
+            out[f.stem] = [str(i) for i in read_json(f)['image_ids']]
+        except (KeyError, ValueError, TypeError) as e:
+            raise CvbenchError(f'{f} is not a regression set (needs `image_ids`): {e}') from None
     return out
+
 
 def regression_set_results(ledger: pd.DataFrame, sets: dict[str, list[str]]) -> pd.DataFrame:
     "Per set: images found in the ledger, accuracy on them, errors, and ids missing from the ledger."
-    ids = ledger['image_id'].astype(str); right = (ledger['label'].astype(str) == ledger['pred'].astype(str)).to_numpy()
+    ids = ledger['image_id'].astype(str)
+    right = (ledger['label'].astype(str) == ledger['pred'].astype(str)).to_numpy()
     rows = []
     for name, members in sets.items():
         m = ids.isin(set(members)).to_numpy()
-        rows.append(dict(set=name, size=len(members), found=int(m.sum()), accuracy=float(right[m].mean()) if m.any() else float('nan'),
-                         errors=int((~right[m]).sum()), missing=len(set(members) - set(ids[m]))))
+        rows.append(
+            dict(
+                set=name,
+                size=len(members),
+                found=int(m.sum()),
+                accuracy=float(right[m].mean()) if m.any() else float('nan'),
+                errors=int((~right[m]).sum()),
+                missing=len(set(members) - set(ids[m])),
+            )
+        )
     return pd.DataFrame(rows, columns=['set', 'size', 'found', 'accuracy', 'errors', 'missing'])

@@ -1,4 +1,4 @@
-"""From a model and a samples table to the predictions ledger, the second contract: one row per image with the true and predicted label, every class probability and the loss, saved as parquet.
+"""From a PyTorch model and a samples table to the predictions ledger.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.predict.html.md"""
 
@@ -6,26 +6,21 @@ Docs: https://cvbench.github.io/cvbench/evaluate.predict.html.md"""
 
 # %% ../../nbs/30_evaluate.predict.ipynb #bf641c94
 from __future__ import annotations
-import json, logging
-from pathlib import Path
-import numpy as np, pandas as pd, torch, pyarrow as pa, pyarrow.parquet as pq
+import logging
+import numpy as np, pandas as pd, torch
 from torch import nn
 from fastprogress.fastprogress import progress_bar
-from ..core import CvbenchError, atomic_path
+from ..core import CvbenchError
 from ..data.samples import Samples
 from ..data.images import ImageReadError
 from ..transforms import PreprocessSpec
+from .ledger import LedgerError, ledger_frame
 
 # %% auto #0
-__all__ = ['log', 'PROB_PREFIX', 'LedgerError', 'predict_logits', 'make_ledger', 'predict_samples', 'save_ledger', 'read_ledger',
-           'ledger_probs']
+__all__ = ['log', 'predict_logits', 'make_ledger', 'predict_samples']
 
 # %% ../../nbs/30_evaluate.predict.ipynb #3da624c7
 log = logging.getLogger(__name__)
-PROB_PREFIX = 'prob_'
-
-class LedgerError(CvbenchError):
-    "A predictions ledger cvbench cannot use."
 
 # %% ../../nbs/30_evaluate.predict.ipynb #463dfb5f
 class _SpecDataset(torch.utils.data.Dataset):
@@ -37,74 +32,68 @@ class _SpecDataset(torch.utils.data.Dataset):
 
 # %% ../../nbs/30_evaluate.predict.ipynb #13149839
 def _forward(model: nn.Module, x: torch.Tensor, embed: bool):
-    if not embed: return model(x), None
-    if not hasattr(model, 'forward_head'): raise CvbenchError(f'{type(model).__name__} has no `forward_head`; embeddings need a timm model')
+    if not embed:
+        return model(x), None
+    if not hasattr(model, 'forward_head'):
+        raise CvbenchError(f'{type(model).__name__} has no `forward_head`; embeddings need a timm model')
     f = model.forward_features(x)
     return model.forward_head(f), model.forward_head(f, pre_logits=True).flatten(1)
 
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, paths: list, spec: PreprocessSpec, bs: int = 64, device: str|torch.device = 'cpu',
-                   num_workers: int = 0, progress: bool = True, embed: bool = False):
-    "Logits for the images at `paths` (preprocessed by `spec`), a mask of readable images, failure reasons, and embeddings (or None)."
+def predict_logits(
+    model: nn.Module,
+    paths: list,
+    spec: PreprocessSpec,
+    bs: int = 64,
+    device: str | torch.device = 'cpu',
+    num_workers: int = 0,
+    progress: bool = True,
+    embed: bool = False,
+):
+    "Logits of the images at `paths` (preprocessed by `spec`), a readable mask, failure reasons, embeddings (or None)."
     model = model.eval().to(device)
     dl = torch.utils.data.DataLoader(_SpecDataset(list(paths), spec), batch_size=bs, num_workers=num_workers)
     outs, embs, oks, reasons = [], [], [], []
-    for xb, ok, why in (progress_bar(dl, leave=False) if progress else dl):
+    for xb, ok, why in progress_bar(dl, leave=False) if progress else dl:
         o, e = _forward(model, xb.to(device), embed)
-        outs.append(o.float().cpu()); oks.append(ok.numpy()); reasons += list(why)
-        if embed: embs.append(e.float().cpu())
+        outs.append(o.float().cpu())
+        oks.append(ok.numpy())
+        reasons += list(why)
+        if embed:
+            embs.append(e.float().cpu())
     return torch.cat(outs), np.concatenate(oks).astype(bool), reasons, (torch.cat(embs).numpy() if embed else None)
 
 # %% ../../nbs/30_evaluate.predict.ipynb #f47fbcad
 def make_ledger(samples: Samples, logits: torch.Tensor) -> pd.DataFrame:
     "The ledger of `samples` from their `logits` (one row each, same order)."
     classes = samples.classes
-    if logits.shape != (len(samples), len(classes)): raise LedgerError(f'logits have shape {tuple(logits.shape)}, expected ({len(samples)}, {len(classes)})')
-    logp = torch.log_softmax(logits.double(), 1)
-    probs, y = logp.exp().numpy(), samples.targets()
-    pred = probs.argmax(1)
-    df = samples.df[['image_id', 'path', 'split', 'label']].reset_index(drop=True).copy()
-    df['label'] = df['label'].astype(str)
-    df['pred'] = [classes[i] for i in pred]
-    df['confidence'] = probs.max(1)
-    df['loss'] = -logp.numpy()[np.arange(len(y)), y]
-    return pd.concat([df, pd.DataFrame(probs, columns=[PROB_PREFIX + c for c in classes])], axis=1)
+    if logits.shape != (len(samples), len(classes)):
+        raise LedgerError(f'logits have shape {tuple(logits.shape)}, expected ({len(samples)}, {len(classes)})')
+    logp = torch.log_softmax(logits.double(), 1).numpy()
+    return ledger_frame(samples.df, np.exp(logp), classes, logp)
 
 # %% ../../nbs/30_evaluate.predict.ipynb #513d8821
-def predict_samples(model: nn.Module, samples: Samples, spec: PreprocessSpec, bs: int = 64,
-                    device: str|torch.device = 'cpu', progress: bool = True, embed: bool = False) -> pd.DataFrame:
+def predict_samples(
+    model: nn.Module,
+    samples: Samples,
+    spec: PreprocessSpec,
+    bs: int = 64,
+    device: str | torch.device = 'cpu',
+    progress: bool = True,
+    embed: bool = False,
+) -> pd.DataFrame:
     "Run `model` on every image of `samples` and return the ledger (with an `embedding` column if `embed`)."
     logits, ok, reasons, emb = predict_logits(model, samples.paths(), spec, bs, device, progress=progress, embed=embed)
-    kept = Samples(samples.df[ok], samples.root, samples.task, samples.classes, name=samples.name) if not ok.all() else samples
+    kept = (
+        Samples(samples.df[ok], samples.root, samples.task, samples.classes, name=samples.name)
+        if not ok.all()
+        else samples
+    )
     ledger = make_ledger(kept, logits[torch.from_numpy(ok)])
-    if embed: ledger['embedding'] = list(emb[ok].astype(np.float32))
+    if embed:
+        ledger['embedding'] = list(emb[ok].astype(np.float32))
     ledger.attrs['skipped'] = [dict(path=p, reason=r) for p, o, r in zip(samples.df['path'], ok, reasons) if not o]
-    if not ok.all(): log.warning(f'{(~ok).sum()} image(s) could not be read and are not in the ledger')
+    if not ok.all():
+        log.warning(f'{(~ok).sum()} image(s) could not be read and are not in the ledger')
     return ledger
-
-# %% ../../nbs/30_evaluate.predict.ipynb #f3f66391
-def save_ledger(ledger: pd.DataFrame, path: str|Path, classes: list[str], **meta) -> Path:
-    "Write `ledger` to parquet atomically with `classes` and `meta` in its metadata."
-    t = pa.Table.from_pandas(ledger, preserve_index=False)
-    md = {b'cvbench_ledger': json.dumps(dict(classes=list(classes), skipped=ledger.attrs.get('skipped', []), **meta), default=str).encode()}
-    with atomic_path(path) as tmp: pq.write_table(t.replace_schema_metadata({**(t.schema.metadata or {}), **md}), tmp)
-    return Path(path)
-
-def read_ledger(path: str|Path) -> tuple[pd.DataFrame, dict]:
-    "Read a ledger and its metadata; check it has the required columns and a probability per class."
-    path = Path(path)
-    if not path.is_file(): raise LedgerError(f'ledger {path} does not exist')
-    t = pq.read_table(path)
-    meta = json.loads((t.schema.metadata or {}).get(b'cvbench_ledger', b'{}'))
-    df = t.to_pandas()
-    missing = [c for c in ('image_id', 'label', 'pred') if c not in df]
-    if missing: raise LedgerError(f'{path} lacks column(s) {missing}; a ledger needs image_id, label, pred and prob_<class> columns')
-    classes = meta.get('classes') or [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
-    lacking = [c for c in classes if PROB_PREFIX + c not in df]
-    if not classes or lacking: raise LedgerError(f'{path} lacks probability column(s) {[PROB_PREFIX + c for c in lacking][:5] or "prob_<class>"}')
-    meta['classes'] = classes
-    return df, meta
-
-def ledger_probs(ledger: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    "The `(n, n_classes)` probability matrix of a ledger, in `classes` order."
-    return ledger[[PROB_PREFIX + c for c in classes]].to_numpy(dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Metrics per value of every metadata column (camera, lighting, site, …) and per image-property bucket (brightness, contrast, sharpness, size), with counts, confidence intervals, and flags on slices too small to judge.
+"""Metrics with intervals per metadata value and per image-property bucket, small slices flagged.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.slices.html.md"""
 
@@ -7,9 +7,9 @@ Docs: https://cvbench.github.io/cvbench/evaluate.slices.html.md"""
 # %% ../../nbs/36_evaluate.slices.ipynb #27c64fb3
 from __future__ import annotations
 import logging
-import numpy as np, pandas as pd
+import pandas as pd
 from ..data.samples import REQUIRED
-from .predict import LedgerError
+from .ledger import LedgerError
 from .stats import bootstrap_ci
 
 # %% auto #0
@@ -35,36 +35,59 @@ def slice_columns(samples_df: pd.DataFrame) -> list[str]:
     "Metadata columns (everything but the contract's own columns and image properties)."
     return [c for c in samples_df.columns if c not in REQUIRED and not c.startswith('img_')]
 
-def slice_frame(ledger: pd.DataFrame, samples_df: pd.DataFrame, columns: list[str]|None = None, properties: bool = True) -> pd.DataFrame:
+
+def slice_frame(
+    ledger: pd.DataFrame, samples_df: pd.DataFrame, columns: list[str] | None = None, properties: bool = True
+) -> pd.DataFrame:
     "One row per ledger row (same order), one column of slice labels per slicing column."
     cols = slice_columns(samples_df) if columns is None else list(columns)
     missing = [c for c in cols if c not in samples_df]
-    if missing: raise LedgerError(f'slice column(s) {missing} are not in the samples table; it has {slice_columns(samples_df)}')
+    if missing:
+        raise LedgerError(f'slice column(s) {missing} are not in the samples table; it has {slice_columns(samples_df)}')
     props = [c for c in PROPERTY_SLICES if properties and c in samples_df]
     meta = samples_df.drop_duplicates('image_id').set_index(samples_df['image_id'].drop_duplicates().astype(str))
     ids = ledger['image_id'].astype(str)
     unknown = ~ids.isin(meta.index)
-    if unknown.any(): raise LedgerError(f'{int(unknown.sum())} ledger image id(s) are not in the samples table (e.g. {ids[unknown].iloc[0]}); the ledger and the samples must describe the same dataset')
+    if unknown.any():
+        raise LedgerError(
+            f'{int(unknown.sum())} ledger image id(s) are not in the samples table (e.g. {ids[unknown].iloc[0]}); '
+            'the ledger and the samples must describe the same dataset'
+        )
     m = meta.loc[ids]
     out = pd.DataFrame({c: m[c].astype(str).to_numpy() for c in cols}, index=ledger.index)
-    for c in props: out[c.removeprefix('img_')] = property_buckets(pd.Series(m[c].to_numpy(dtype=float), index=ledger.index))
+    for c in props:
+        out[c.removeprefix('img_')] = property_buckets(pd.Series(m[c].to_numpy(dtype=float), index=ledger.index))
     return out
 
 # %% ../../nbs/36_evaluate.slices.ipynb #4217d867
-def slice_table(ledger: pd.DataFrame, classes: list[str], samples_df: pd.DataFrame, columns: list[str]|None = None, properties: bool = True,
-                min_count: int = 30, n_resamples: int = 1000, seed: int = 0, metrics: tuple = ('accuracy', 'macro_f1')) -> pd.DataFrame:
+def slice_table(
+    ledger: pd.DataFrame,
+    classes: list[str],
+    samples_df: pd.DataFrame,
+    columns: list[str] | None = None,
+    properties: bool = True,
+    min_count: int = 30,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    metrics: tuple = ('accuracy', 'macro_f1'),
+) -> pd.DataFrame:
     "Count, metrics and bootstrap intervals per slice; `too_small` flags slices under `min_count` images."
-    sf = slice_frame(ledger, samples_df, columns, properties); rows, warnings = [], []
+    sf = slice_frame(ledger, samples_df, columns, properties)
+    rows, warnings = [], []
     for col in sf.columns:
         vals = sf[col].unique()
-        if len(vals) < 2: warnings.append(f'slice column `{col}` has a single value ({vals[0]!r}); it cannot separate anything'); continue
+        if len(vals) < 2:
+            warnings.append(f'slice column `{col}` has a single value ({vals[0]!r}); it cannot separate anything')
+            continue
         for v in sorted(vals):
             sub = ledger[sf[col].to_numpy() == v]
             ci = bootstrap_ci(sub, classes, n_resamples, seed).set_index('metric')
             row = dict(column=col, value=v, n=len(sub), too_small=len(sub) < min_count)
-            for m in metrics: row |= {m: ci.estimate[m], f'{m}_low': ci.low[m], f'{m}_high': ci.high[m]}
+            for m in metrics:
+                row |= {m: ci.estimate[m], f'{m}_low': ci.low[m], f'{m}_high': ci.high[m]}
             rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs['warnings'] = warnings
-    for w in warnings: log.warning(w)
+    for w in warnings:
+        log.warning(w)
     return out

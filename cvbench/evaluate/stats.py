@@ -1,4 +1,4 @@
-"""Confidence intervals for every headline metric by a seeded, vectorized percentile bootstrap; paired comparisons of two models on the same images (paired bootstrap, McNemar); summaries over seeds.
+"""Seeded, vectorized bootstrap intervals for every metric; paired comparisons of two models; seed summaries.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.stats.html.md"""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np, pandas as pd
 from scipy import stats as sps
 from sklearn import metrics as skm
-from .predict import LedgerError
+from .ledger import LedgerError
 from .classification import check_ledger, per_sample_log_loss
 
 # %% auto #0
@@ -21,9 +21,11 @@ def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndar
     "`(n_resamples, n)` row indices drawn with replacement by `np.random.default_rng(seed)`."
     return np.random.default_rng(seed).integers(0, n, (n_resamples, n), dtype=np.int64)
 
+
 def _codes(ledger: pd.DataFrame, classes: list[str]):
     "Probabilities and integer true/predicted classes of a checked ledger."
-    p = check_ledger(ledger, classes); idx = {c: i for i, c in enumerate(classes)}
+    p = check_ledger(ledger, classes)
+    idx = {c: i for i, c in enumerate(classes)}
     return p, ledger['label'].astype(str).map(idx).to_numpy(), ledger['pred'].astype(str).map(idx).to_numpy()
 
 # %% ../../nbs/37_evaluate.stats.ipynb #c75f5381
@@ -33,23 +35,39 @@ def confusion_stack(y: np.ndarray, yhat: np.ndarray, k: int, idx: np.ndarray) ->
     codes = (np.arange(B, dtype=np.int64)[:, None] * (k * k) + y[idx] * k + yhat[idx]).ravel()
     return np.bincount(codes, minlength=B * k * k).reshape(B, k, k)
 
-def _div(a, b): return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+
+def _div(a, b):
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+
 
 def metrics_from_confusions(C: np.ndarray) -> dict[str, np.ndarray]:
     "accuracy, balanced accuracy, macro/weighted F1 and Cohen's kappa of each confusion matrix in `C`."
-    C = C.astype(np.float64); n = C.sum((1, 2)); tp = np.einsum('bii->bi', C); rows, cols = C.sum(2), C.sum(1)
+    C = C.astype(np.float64)
+    n = C.sum((1, 2))
+    tp = np.einsum('bii->bi', C)
+    rows, cols = C.sum(2), C.sum(1)
     rec, prec = _div(tp, rows), _div(tp, cols)
     f1 = _div(2 * prec * rec, prec + rec)
     present = rows > 0
-    po, pe = tp.sum(1) / n, (rows * cols).sum(1) / n ** 2
-    seen = present | (cols > 0)  # macro F1 averages the classes present in the labels or the predictions, as scikit-learn does
-    return dict(accuracy=po, balanced_accuracy=(rec * present).sum(1) / present.sum(1),
-                macro_f1=(f1 * seen).sum(1) / seen.sum(1), weighted_f1=_div((f1 * rows).sum(1), rows.sum(1)), kappa=_div(po - pe, 1 - pe))
+    po, pe = tp.sum(1) / n, (rows * cols).sum(1) / n**2
+    seen = present | (
+        cols > 0
+    )  # macro F1 averages the classes present in the labels or the predictions, as scikit-learn does
+    return dict(
+        accuracy=po,
+        balanced_accuracy=(rec * present).sum(1) / present.sum(1),
+        macro_f1=(f1 * seen).sum(1) / seen.sum(1),
+        weighted_f1=_div((f1 * rows).sum(1), rows.sum(1)),
+        kappa=_div(po - pe, 1 - pe),
+    )
 
 # %% ../../nbs/37_evaluate.stats.ipynb #ff48288b
-def bootstrap_metrics(ledger: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, top_k: int = 5) -> pd.DataFrame:
+def bootstrap_metrics(
+    ledger: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, top_k: int = 5
+) -> pd.DataFrame:
     "Every headline metric on each of `n_resamples` bootstrap resamples: a `(n_resamples, metrics)` frame."
-    p, y, yhat = _codes(ledger, classes); k = len(classes)
+    p, y, yhat = _codes(ledger, classes)
+    k = len(classes)
     idx = bootstrap_indices(len(y), n_resamples, seed)
     out = metrics_from_confusions(confusion_stack(y, yhat, k, idx))
     out['log_loss'] = per_sample_log_loss(p, y)[idx].mean(1)
@@ -61,31 +79,60 @@ def bootstrap_metrics(ledger: pd.DataFrame, classes: list[str], n_resamples: int
 # %% ../../nbs/37_evaluate.stats.ipynb #765116c6
 def point_metrics(ledger: pd.DataFrame, classes: list[str], top_k: int = 5) -> dict:
     "The headline metrics on the ledger itself (same definitions as the bootstrap)."
-    p, y, yhat = _codes(ledger, classes); k = len(classes)
+    p, y, yhat = _codes(ledger, classes)
+    k = len(classes)
     C = confusion_stack(y, yhat, k, np.arange(len(y))[None])
     out = {m: float(v[0]) for m, v in metrics_from_confusions(C).items()}
     out['log_loss'] = float(per_sample_log_loss(p, y).mean())
-    if 1 < top_k < k: out[f'top{top_k}_accuracy'] = float((np.argsort(-p, 1, kind='stable')[:, :top_k] == y[:, None]).any(1).mean())
+    if 1 < top_k < k:
+        out[f'top{top_k}_accuracy'] = float((np.argsort(-p, 1, kind='stable')[:, :top_k] == y[:, None]).any(1).mean())
     return out
 
-def bootstrap_ci(ledger: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05, top_k: int = 5) -> pd.DataFrame:
+
+def bootstrap_ci(
+    ledger: pd.DataFrame,
+    classes: list[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    top_k: int = 5,
+) -> pd.DataFrame:
     "Point estimate and percentile-bootstrap `1 - alpha` interval of every headline metric."
-    if len(ledger) == 0: raise LedgerError('cannot bootstrap an empty ledger')
+    if len(ledger) == 0:
+        raise LedgerError('cannot bootstrap an empty ledger')
     bs, pt = bootstrap_metrics(ledger, classes, n_resamples, seed, top_k), point_metrics(ledger, classes, top_k)
     lo, hi = np.percentile(bs.to_numpy(), [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
-    return pd.DataFrame(dict(metric=bs.columns, estimate=[pt[m] for m in bs.columns], low=lo, high=hi, std=bs.std(ddof=1).to_numpy(), n=len(ledger)))
+    return pd.DataFrame(
+        dict(
+            metric=bs.columns,
+            estimate=[pt[m] for m in bs.columns],
+            low=lo,
+            high=hi,
+            std=bs.std(ddof=1).to_numpy(),
+            n=len(ledger),
+        )
+    )
 
 # %% ../../nbs/37_evaluate.stats.ipynb #9f154b95
-def naive_bootstrap_metrics(ledger: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, top_k: int = 5) -> pd.DataFrame:
+def naive_bootstrap_metrics(
+    ledger: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, top_k: int = 5
+) -> pd.DataFrame:
     "Reference implementation: one scikit-learn call per resample and metric (slow; for tests and benchmarks)."
-    p, y, yhat = _codes(ledger, classes); labels = np.arange(len(classes)); rows = []
+    p, y, yhat = _codes(ledger, classes)
+    labels = np.arange(len(classes))
+    rows = []
     for ix in bootstrap_indices(len(y), n_resamples, seed):
         yt, yp, pp = y[ix], yhat[ix], p[ix]
-        r = dict(accuracy=skm.accuracy_score(yt, yp), balanced_accuracy=skm.balanced_accuracy_score(yt, yp),
-                 macro_f1=skm.f1_score(yt, yp, average='macro', zero_division=0),
-                 weighted_f1=skm.f1_score(yt, yp, labels=labels, average='weighted', zero_division=0),
-                 kappa=skm.cohen_kappa_score(yt, yp), log_loss=skm.log_loss(yt, pp, labels=labels))
-        if 1 < top_k < len(classes): r[f'top{top_k}_accuracy'] = skm.top_k_accuracy_score(yt, pp, k=top_k, labels=labels)
+        r = dict(
+            accuracy=skm.accuracy_score(yt, yp),
+            balanced_accuracy=skm.balanced_accuracy_score(yt, yp),
+            macro_f1=skm.f1_score(yt, yp, average='macro', zero_division=0),
+            weighted_f1=skm.f1_score(yt, yp, labels=labels, average='weighted', zero_division=0),
+            kappa=skm.cohen_kappa_score(yt, yp),
+            log_loss=skm.log_loss(yt, pp, labels=labels),
+        )
+        if 1 < top_k < len(classes):
+            r[f'top{top_k}_accuracy'] = skm.top_k_accuracy_score(yt, pp, k=top_k, labels=labels)
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -93,32 +140,65 @@ def naive_bootstrap_metrics(ledger: pd.DataFrame, classes: list[str], n_resample
 def align_ledgers(a: pd.DataFrame, b: pd.DataFrame, allow_missing: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Rows of `a` and `b` for the same image ids, in the same order; missing ids are an error unless `allow_missing`."
     ia, ib = pd.Index(a['image_id'].astype(str)), pd.Index(b['image_id'].astype(str))
-    if ia.has_duplicates or ib.has_duplicates: raise LedgerError('a ledger has repeated image ids; one row per image is required')
+    if ia.has_duplicates or ib.has_duplicates:
+        raise LedgerError('a ledger has repeated image ids; one row per image is required')
     only_a, only_b = ia.difference(ib), ib.difference(ia)
     if (len(only_a) or len(only_b)) and not allow_missing:
-        raise LedgerError(f'the ledgers cover different images: {len(only_a)} only in the baseline (e.g. {list(only_a[:3])}), {len(only_b)} only in the candidate (e.g. {list(only_b[:3])}); evaluate both on the same data, or allow comparing the common images')
+        raise LedgerError(
+            f'the ledgers cover different images: {len(only_a)} only in the baseline (e.g. {list(only_a[:3])}), '
+            f'{len(only_b)} only in the candidate (e.g. {list(only_b[:3])}); '
+            'evaluate both on the same data, or allow comparing the common images'
+        )
     common = ia.intersection(ib, sort=False)
-    if len(common) == 0: raise LedgerError('the ledgers have no image in common')
-    return a.set_index(a['image_id'].astype(str)).loc[common].reset_index(drop=True), b.set_index(b['image_id'].astype(str)).loc[common].reset_index(drop=True)
+    if len(common) == 0:
+        raise LedgerError('the ledgers have no image in common')
+    return a.set_index(a['image_id'].astype(str)).loc[common].reset_index(drop=True), b.set_index(
+        b['image_id'].astype(str)
+    ).loc[common].reset_index(drop=True)
 
 # %% ../../nbs/37_evaluate.stats.ipynb #d686727f
-def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05, top_k: int = 5) -> pd.DataFrame:
-    "Baseline `a`, candidate `b`, their difference `b - a` with a paired-bootstrap interval, and whether it excludes zero."
+def paired_bootstrap(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    classes: list[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    top_k: int = 5,
+) -> pd.DataFrame:
+    "Baseline `a`, candidate `b`, their difference `b - a` with a paired-bootstrap interval, and whether it excludes 0."
     a, b = align_ledgers(a, b)
-    ba, bb = bootstrap_metrics(a, classes, n_resamples, seed, top_k), bootstrap_metrics(b, classes, n_resamples, seed, top_k)
+    ba, bb = (
+        bootstrap_metrics(a, classes, n_resamples, seed, top_k),
+        bootstrap_metrics(b, classes, n_resamples, seed, top_k),
+    )
     pa, pb = point_metrics(a, classes, top_k), point_metrics(b, classes, top_k)
-    d = (bb - ba).to_numpy(); lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    d = (bb - ba).to_numpy()
+    lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     p = np.minimum(1, 2 * np.minimum((d <= 0).mean(0), (d >= 0).mean(0)))
-    df = pd.DataFrame(dict(metric=ba.columns, baseline=[pa[m] for m in ba.columns], candidate=[pb[m] for m in ba.columns], low=lo, high=hi, p_value=p))
+    df = pd.DataFrame(
+        dict(
+            metric=ba.columns,
+            baseline=[pa[m] for m in ba.columns],
+            candidate=[pb[m] for m in ba.columns],
+            low=lo,
+            high=hi,
+            p_value=p,
+        )
+    )
     df.insert(3, 'delta', df.candidate - df.baseline)
     df['significant'] = (df.low > 0) | (df.high < 0)
     df['higher_is_better'] = df.metric != 'log_loss'
     return df
 
+
 def mcnemar(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     "McNemar's exact test on the images where exactly one of the two models is right."
     a, b = align_ledgers(a, b)
-    ca, cb = (a['label'].astype(str) == a['pred'].astype(str)).to_numpy(), (b['label'].astype(str) == b['pred'].astype(str)).to_numpy()
+    ca, cb = (
+        (a['label'].astype(str) == a['pred'].astype(str)).to_numpy(),
+        (b['label'].astype(str) == b['pred'].astype(str)).to_numpy(),
+    )
     only_a, only_b = int((ca & ~cb).sum()), int((~ca & cb).sum())
     p = float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
     return dict(only_baseline_right=only_a, only_candidate_right=only_b, p_value=p, n=len(a))
@@ -127,4 +207,13 @@ def mcnemar(a: pd.DataFrame, b: pd.DataFrame) -> dict:
 def summarize_seeds(metrics: list[dict]) -> pd.DataFrame:
     "Mean, std (ddof=1), min and max of each numeric metric over runs."
     df = pd.DataFrame(metrics).select_dtypes('number')
-    return pd.DataFrame(dict(metric=df.columns, mean=df.mean().to_numpy(), std=df.std(ddof=1).to_numpy(), min=df.min().to_numpy(), max=df.max().to_numpy(), runs=len(df)))
+    return pd.DataFrame(
+        dict(
+            metric=df.columns,
+            mean=df.mean().to_numpy(),
+            std=df.std(ddof=1).to_numpy(),
+            min=df.min().to_numpy(),
+            max=df.max().to_numpy(),
+            runs=len(df),
+        )
+    )

@@ -1,4 +1,4 @@
-"""Everything cvbench measures about one ledger, in one object: metrics with intervals, curves, operating points, calibration, slices, confused pairs, failure clusters and regression sets; saved as plain files beside the ledger.
+"""Everything cvbench measures about one ledger, in one object, saved as plain files beside the ledger.
 
 Docs: https://cvbench.github.io/cvbench/evaluate.suite.html.md"""
 
@@ -9,9 +9,14 @@ from __future__ import annotations
 import json, logging
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, pandas as pd
-from ..core import write_json, write_text, markdown_table
-from .classification import ClassificationMetrics, classification_metrics, class_curves, operating_points
+import pandas as pd
+from ..core import RunDir, write_json, write_text, markdown_table
+from cvbench.evaluate.classification import (
+    ClassificationMetrics,
+    classification_metrics,
+    class_curves,
+    operating_points,
+)
 from .calibration import CalibrationReport, temperature_scaling
 from .stats import bootstrap_ci
 from .slices import slice_table
@@ -46,37 +51,66 @@ class Evaluation:
         return markdown_table(self.headline()) + ''.join(f'\n\n{n}' for n in self.notes)
 
 # %% ../../nbs/39a_evaluate.suite.ipynb #6ff87205
-def evaluate_ledger(ledger: pd.DataFrame, classes: list[str], samples_df: pd.DataFrame|None = None, sets: dict|None = None,
-                    top_k: int = 5, n_resamples: int = 1000, seed: int = 0, target_recall: float = 0.95, n_bins: int = 15,
-                    min_slice_count: int = 30, slice_columns: list|None = None, n_clusters: int|None = None) -> Evaluation:
+def evaluate_ledger(
+    ledger: pd.DataFrame,
+    classes: list[str],
+    samples_df: pd.DataFrame | None = None,
+    sets: dict | None = None,
+    top_k: int = 5,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    target_recall: float = 0.95,
+    n_bins: int = 15,
+    min_slice_count: int = 30,
+    slice_columns: list | None = None,
+    n_clusters: int | None = None,
+) -> Evaluation:
     "Run every evaluation that applies to `ledger`."
     notes = []
     m = classification_metrics(ledger, classes, top_k)
     ci = bootstrap_ci(ledger, classes, n_resamples, seed, top_k=top_k)
     ops = operating_points(ledger, classes, target_recall)
     cal = temperature_scaling(ledger, classes, seed=seed, n_bins=n_bins) if len(ledger) >= 20 else None
-    if cal is None: notes.append('Calibration: fewer than 20 images, no temperature fitted.')
+    if cal is None:
+        notes.append('Calibration: fewer than 20 images, no temperature fitted.')
     sl = pd.DataFrame()
     if samples_df is not None:
         sl = slice_table(ledger, classes, samples_df, slice_columns, True, min_slice_count, n_resamples, seed)
         notes += [f'Slices: {w}.' for w in sl.attrs.get('warnings', [])]
     cl, of = pd.DataFrame(), None
-    if 'embedding' in ledger and len(ledger) >= 4: cl, of = cluster_failures(ledger, n_clusters, seed)
-    else: notes.append('Failure clusters: the ledger has no embeddings.')
+    if 'embedding' in ledger and len(ledger) >= 4:
+        cl, of = cluster_failures(ledger, n_clusters, seed)
+    else:
+        notes.append('Failure clusters: the ledger has no embeddings.')
     rs = regression_set_results(ledger, sets) if sets else pd.DataFrame()
     curves = dict(roc=class_curves(ledger, classes, 'roc'), pr=class_curves(ledger, classes, 'pr'))
     return Evaluation(m, ci, ops, cal, sl, most_confused(ledger), cl, of, rs, curves, notes)
 
 # %% ../../nbs/39a_evaluate.suite.ipynb #882c6425
-def _records(df: pd.DataFrame) -> list: return json.loads(df.to_json(orient='records')) if len(df) else []
+def _records(df: pd.DataFrame) -> list:
+    return json.loads(df.to_json(orient='records')) if len(df) else []
 
-def save_evaluation(ev: Evaluation, out_dir: str|Path, **meta) -> Path:
+
+def _calibration_dict(cal: CalibrationReport | None) -> dict | None:
+    if cal is None:
+        return None
+    return dict(temperature=cal.temperature, method=cal.method, before=cal.before, after=cal.after)
+
+
+def save_evaluation(ev: Evaluation, out_dir: str | Path, **meta) -> Path:
     "Write the evaluation's files into `out_dir` (each atomically); return `metrics.json`."
-    out = Path(out_dir)
-    cal = None if ev.calibration is None else dict(temperature=ev.calibration.temperature, method=ev.calibration.method, before=ev.calibration.before, after=ev.calibration.after)
-    p = write_json(out/'metrics.json', dict(ev.metrics.to_dict(), intervals=_records(ev.intervals), calibration=cal, notes=ev.notes, **meta))
-    write_json(out/'thresholds.json', dict(operating_points=_records(ev.operating_points), temperature=None if cal is None else cal['temperature']))
-    for name, df in (('slices', ev.slices), ('confused_pairs', ev.confused), ('clusters', ev.clusters), ('regression_sets', ev.regression_sets)):
-        if len(df): write_text(out/f'{name}.csv', df.to_csv(index=False))
-    if ev.cluster_of is not None: write_text(out/'cluster_assignments.csv', ev.cluster_of.rename_axis('image_id').reset_index().to_csv(index=False))
+    rd = RunDir(out_dir)
+    cal = _calibration_dict(ev.calibration)
+    metrics = dict(ev.metrics.to_dict(), intervals=_records(ev.intervals), calibration=cal, notes=ev.notes, **meta)
+    p = write_json(rd.metrics, metrics)
+    temperature = None if cal is None else cal['temperature']
+    write_json(rd.thresholds, dict(operating_points=_records(ev.operating_points), temperature=temperature))
+    tables = dict(slices=ev.slices, confused_pairs=ev.confused, clusters=ev.clusters,
+                  regression_sets=ev.regression_sets)
+    for key, df in tables.items():
+        if len(df):
+            write_text(getattr(rd, key), df.to_csv(index=False))
+    if ev.cluster_of is not None:
+        assignments = ev.cluster_of.rename_axis('image_id').reset_index()
+        write_text(rd.cluster_assignments, assignments.to_csv(index=False))
     return p

@@ -1,4 +1,4 @@
-"""The evaluation report, generated from evidence (the run directory's metrics, ledger, history and environment) as Markdown and as a self-contained HTML file.
+"""The evaluation report, generated from evidence as Markdown and as a self-contained HTML file.
 
 Docs: https://cvbench.github.io/cvbench/report.documents.html.md"""
 
@@ -9,10 +9,18 @@ from __future__ import annotations
 import html, datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, pandas as pd
+import pandas as pd
 from ..core import write_text, markdown_table
-from .plots import (plot_confusion_matrix, plot_gallery, plot_history, plot_curves, plot_reliability, plot_slices,
-                                  save_figure, png_data_uri)
+from cvbench.report.plots import (
+    plot_confusion_matrix,
+    plot_gallery,
+    plot_history,
+    plot_curves,
+    plot_reliability,
+    plot_slices,
+    save_figure,
+    png_data_uri,
+)
 
 # %% auto #0
 __all__ = ['SECTIONS', 'Section', 'render_markdown', 'render_html', 'evaluation_sections', 'quality_sections', 'datasheet',
@@ -39,16 +47,23 @@ def render_markdown(title: str, sections: list[Section], root: Path) -> str:
     return '\n'.join(out).rstrip() + '\n'
 
 # %% ../../nbs/51_report.documents.ipynb #e73c6b52
-_CSS = ('body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}'
-        'table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
-        'th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}')
+_CSS = (
+    'body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}'
+    'table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}'
+    'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
+    'th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}'
+)
+
 
 def _inline_md(text: str) -> str:
     "Minimal Markdown for report prose: paragraphs, `code` and **bold**."
     import re
+
     t = html.escape(text)
-    t = re.sub(r'`([^`]+)`', r'<code>\1</code>', t); t = re.sub(r'\*\*([^*]+)\*\*', r'<b>\1</b>', t)
+    t = re.sub(r'`([^`]+)`', r'<code>\1</code>', t)
+    t = re.sub(r'\*\*([^*]+)\*\*', r'<b>\1</b>', t)
     return ''.join(f'<p>{p}</p>' for p in t.split('\n\n') if p.strip())
+
 
 def render_html(title: str, sections: list[Section]) -> str:
     "Self-contained HTML: figures embedded as data URIs."
@@ -57,154 +72,332 @@ def render_html(title: str, sections: list[Section]) -> str:
         body += [f'<h2>{html.escape(s.title)}</h2>', _inline_md(s.text)]
         body += [t.to_html(index=False, float_format=lambda v: f'{v:.4f}', border=0) for t in s.tables]
         body += [f'<img alt="{html.escape(Path(f).stem)}" src="{png_data_uri(f)}">' for f in s.figures]
-    return f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>{"".join(body)}</body></html>\n'
+    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style>'
+    return f'<!doctype html><html><head>{head}</head><body>{"".join(body)}</body></html>\n'
 
 # %% ../../nbs/51_report.documents.ipynb #c3a9e0e2
 def _gallery(ledger: pd.DataFrame, root: Path, out: Path, name: str, n: int = 8):
-    if not len(ledger): return None
-    caps = [f'{r.label} → {r.pred}\np={r.confidence:.2f}' if 'confidence' in ledger else f'{r.label} → {r.pred}' for r in ledger.head(n).itertuples()]
-    return save_figure(plot_gallery([root/p for p in ledger.head(n)['path']], caps), out/f'{name}.png')
+    if not len(ledger):
+        return None
+    caps = [
+        f'{r.label} → {r.pred}\np={r.confidence:.2f}' if 'confidence' in ledger else f'{r.label} → {r.pred}'
+        for r in ledger.head(n).itertuples()
+    ]
+    return save_figure(plot_gallery([root / p for p in ledger.head(n)['path']], caps), out / f'{name}.png')
+
 
 def _sec_headline(ev, ctx):
-    return Section('Headline metrics', f'{ev.metrics.n} images; 95 % percentile-bootstrap intervals over {ctx.get("n_resamples", 1000)} resamples.', [ev.headline()])
+    return Section(
+        'Headline metrics',
+        f'{ev.metrics.n} images; 95 % percentile-bootstrap intervals over {ctx.get("n_resamples", 1000)} resamples.',
+        [ev.headline()],
+    )
+
 
 def _sec_training(ev, ctx):
     h = ctx.get('history')
-    if h is None or not len(h): return None
-    return Section('Training', f'{len(h)} epochs; the epoch with the lowest validation loss is the one evaluated.', [h.drop(columns=[c for c in ('time',) if c in h])],
-                   [save_figure(plot_history(h), ctx['out']/'history.png')])
+    if h is None or not len(h):
+        return None
+    return Section(
+        'Training',
+        f'{len(h)} epochs; the epoch with the lowest validation loss is the one evaluated.',
+        [h.drop(columns=[c for c in ('time',) if c in h])],
+        [save_figure(plot_history(h), ctx['out'] / 'history.png')],
+    )
+
 
 def _sec_confusion(ev, ctx):
     m = ev.metrics
-    return Section('Confusion matrix', 'Rows: true class; columns: predicted class; cells: counts, colours: row fractions.',
-                   figures=[save_figure(plot_confusion_matrix(m.confusion, m.classes), ctx['out']/'confusion_matrix.png')])
+    return Section(
+        'Confusion matrix',
+        'Rows: true class; columns: predicted class; cells: counts, colours: row fractions.',
+        figures=[save_figure(plot_confusion_matrix(m.confusion, m.classes), ctx['out'] / 'confusion_matrix.png')],
+    )
+
 
 def _sec_per_class(ev, ctx):
     m = ev.metrics
-    avg = pd.DataFrame([dict(cls='macro avg', **m.macro, support=m.n), dict(cls='weighted avg', **m.weighted, support=m.n)])
-    return Section('Per-class metrics', 'ROC AUC and average precision are one-vs-rest.', [pd.concat([m.per_class, avg], ignore_index=True)])
+    avg = pd.DataFrame(
+        [dict(cls='macro avg', **m.macro, support=m.n), dict(cls='weighted avg', **m.weighted, support=m.n)]
+    )
+    return Section(
+        'Per-class metrics',
+        'ROC AUC and average precision are one-vs-rest.',
+        [pd.concat([m.per_class, avg], ignore_index=True)],
+    )
+
 
 def _sec_curves(ev, ctx):
-    if not ev.curves.get('roc'): return None
-    return Section('ROC and precision-recall curves', '', figures=[save_figure(plot_curves(ev.curves['roc'], 'roc'), ctx['out']/'roc.png'),
-                                                                 save_figure(plot_curves(ev.curves['pr'], 'pr'), ctx['out']/'pr.png')])
+    if not ev.curves.get('roc'):
+        return None
+    return Section(
+        'ROC and precision-recall curves',
+        '',
+        figures=[
+            save_figure(plot_curves(ev.curves['roc'], 'roc'), ctx['out'] / 'roc.png'),
+            save_figure(plot_curves(ev.curves['pr'], 'pr'), ctx['out'] / 'pr.png'),
+        ],
+    )
+
 
 def _sec_operating(ev, ctx):
-    if not len(ev.operating_points): return None
+    if not len(ev.operating_points):
+        return None
     r = ev.operating_points.target_recall.iloc[0]
-    return Section('Operating points', f'For each class (one-vs-rest): the highest probability threshold that reaches recall ≥ {r}, and the precision, false-positive and false-negative rates it gives. Stored in `thresholds.json`.',
-                   [ev.operating_points.drop(columns='target_recall')])
+    return Section(
+        'Operating points',
+        f'For each class (one-vs-rest): the highest probability threshold that reaches recall ≥ {r}, '
+        'and the precision, false-positive and false-negative rates it gives. Stored in `thresholds.json`.',
+        [ev.operating_points.drop(columns='target_recall')],
+    )
+
 
 def _sec_calibration(ev, ctx):
     c = ev.calibration
-    if c is None: return None
-    return Section('Calibration', f'Temperature scaling: T = **{c.temperature:.3f}**, {c.method}. ECE uses 15 equal-width bins; `ece_equal_mass` equal-count bins.',
-                   [c.summary()], [save_figure(plot_reliability({'before': c.tables['before'], f'after (T={c.temperature:.2f})': c.tables['after']}), ctx['out']/'reliability.png')])
+    if c is None:
+        return None
+    return Section(
+        'Calibration',
+        f'Temperature scaling: T = **{c.temperature:.3f}**, {c.method}. '
+        'ECE uses 15 equal-width bins; `ece_equal_mass` equal-count bins.',
+        [c.summary()],
+        [
+            save_figure(
+                plot_reliability({'before': c.tables['before'], f'after (T={c.temperature:.2f})': c.tables['after']}),
+                ctx['out'] / 'reliability.png',
+            )
+        ],
+    )
+
 
 def _sec_slices(ev, ctx):
-    if not len(ev.slices): return None
-    t = ev.slices; small = int(t.too_small.sum())
-    text = f'Metrics per metadata value and per image-property tercile. {small} slice(s) have fewer images than the minimum and are flagged `too_small`: shown, but not to be trusted.'
-    return Section('Slices', text, [t], [save_figure(plot_slices(t), ctx['out']/'slices.png')])
+    if not len(ev.slices):
+        return None
+    t = ev.slices
+    small = int(t.too_small.sum())
+    text = (f'Metrics per metadata value and per image-property tercile. {small} slice(s) have fewer images than '
+            'the minimum and are flagged `too_small`: shown, but not to be trusted.')
+    return Section('Slices', text, [t], [save_figure(plot_slices(t), ctx['out'] / 'slices.png')])
+
 
 def _sec_worst(ev, ctx):
-    led = ctx['ledger']; n = ctx.get('n_worst', 16)
-    if n <= 0 or not len(led): return None
+    led = ctx['ledger']
+    n = ctx.get('n_worst', 16)
+    if n <= 0 or not len(led):
+        return None
     w = led.nlargest(n, 'loss')
     f = _gallery(w, ctx['root'], ctx['out'], 'worst_predictions', n)
-    return Section('Worst predictions', f'The {len(w)} images with the highest loss: true → predicted class, confidence of the prediction.', figures=[f])
+    return Section(
+        'Worst predictions',
+        f'The {len(w)} images with the highest loss: true → predicted class, confidence of the prediction.',
+        figures=[f],
+    )
+
 
 def _sec_confused(ev, ctx):
-    if not len(ev.confused): return None
+    if not len(ev.confused):
+        return None
     led, figs = ctx['ledger'], []
     for i, r in enumerate(ev.confused.head(3).itertuples()):
-        sub = led[(led.label.astype(str) == r.label) & (led.pred.astype(str) == r.pred)].sort_values('loss', ascending=False)
+        sub = led[(led.label.astype(str) == r.label) & (led.pred.astype(str) == r.pred)].sort_values(
+            'loss', ascending=False
+        )
         figs.append(_gallery(sub, ctx['root'], ctx['out'], f'confused_{i}'))
-    return Section('Most-confused pairs', 'The largest off-diagonal cells; images of the top three pairs below, highest loss first.', [ev.confused], [f for f in figs if f])
+    return Section(
+        'Most-confused pairs',
+        'The largest off-diagonal cells; images of the top three pairs below, highest loss first.',
+        [ev.confused],
+        [f for f in figs if f],
+    )
+
 
 def _sec_clusters(ev, ctx):
-    if not len(ev.clusters): return None
+    if not len(ev.clusters):
+        return None
     led, figs = ctx['ledger'], []
     ids = led.image_id.astype(str).to_numpy()
     for r in ev.clusters[ev.clusters.errors > 0].head(3).itertuples():
         sub = led[ev.cluster_of.reindex(ids).to_numpy() == r.cluster]
-        sub = sub.assign(_wrong=sub.label.astype(str) != sub.pred.astype(str)).sort_values(['_wrong', 'loss'], ascending=False)
+        sub = sub.assign(_wrong=sub.label.astype(str) != sub.pred.astype(str)).sort_values(
+            ['_wrong', 'loss'], ascending=False
+        )
         figs.append(_gallery(sub, ctx['root'], ctx['out'], f'cluster_{r.cluster}'))
-    text = ('Images clustered by the model\'s penultimate-layer features (k-means), ranked by error rate; errors first in each grid. '
-            'Promote a cluster to a regression set with `cvbench promote RUN_DIR --cluster N --name NAME`.')
+    text = (
+        "Images clustered by the model's penultimate-layer features (k-means), ranked by error rate; "
+        'errors first in each grid. '
+        'Promote a cluster to a regression set with `cvbench promote RUN_DIR --cluster N --name NAME`.'
+    )
     return Section('Failure clusters', text, [ev.clusters.head(10)], [f for f in figs if f])
 
+
 def _sec_regression(ev, ctx):
-    if not len(ev.regression_sets): return None
-    return Section('Regression sets', 'Named sets of hard images, reported on their own at every evaluation.', [ev.regression_sets])
+    if not len(ev.regression_sets):
+        return None
+    return Section(
+        'Regression sets', 'Named sets of hard images, reported on their own at every evaluation.', [ev.regression_sets]
+    )
+
 
 def _sec_comparison(ev, ctx):
     c = ctx.get('comparison')
-    if c is None: return None
+    if c is None:
+        return None
     dec = ('**PASS**' if c.passed else '**FAIL**') if len(c.checks) else 'no gate given'
     tabs = [c.metrics.drop(columns='higher_is_better')] + [t for t in (c.checks, c.regression_sets, c.slices) if len(t)]
-    return Section(f'Comparison with {ctx.get("baseline_name", "the baseline")}', f'Release decision: {dec}. Deltas are candidate − baseline with paired-bootstrap 95 % intervals; '
-                   f'McNemar p = {c.mcnemar["p_value"]:.4g}.' + ''.join(f'\n\n{n}' for n in c.notes), tabs)
+    return Section(
+        f'Comparison with {ctx.get("baseline_name", "the baseline")}',
+        f'Release decision: {dec}. Deltas are candidate − baseline with paired-bootstrap 95 % intervals; '
+        f'McNemar p = {c.mcnemar["p_value"]:.4g}.' + ''.join(f'\n\n{n}' for n in c.notes),
+        tabs,
+    )
+
 
 def _sec_skipped(ev, ctx):
     sk = ctx.get('skipped')
     sk = sk if sk is not None else pd.DataFrame(columns=['path', 'reason'])
-    return Section('Skipped images', f'{len(sk)} file(s) could not be used' + (' (first 50 listed):' if len(sk) > 50 else ':' if len(sk) else '.'), [sk.head(50)] if len(sk) else [])
+    return Section(
+        'Skipped images',
+        f'{len(sk)} file(s) could not be used' + (' (first 50 listed):' if len(sk) > 50 else ':' if len(sk) else '.'),
+        [sk.head(50)] if len(sk) else [],
+    )
 
-def _sec_notes(ev, ctx): return Section('Notes', '\n\n'.join(ev.notes)) if ev.notes else None
+
+def _sec_notes(ev, ctx):
+    return Section('Notes', '\n\n'.join(ev.notes)) if ev.notes else None
+
 
 def _sec_env(ev, ctx):
     e = ctx.get('environment')
-    if not e: return None
+    if not e:
+        return None
     env = {k: v for k, v in e.items() if k != 'packages'} | dict(e.get('packages') or {})
     return Section('Environment', '', [pd.DataFrame(dict(item=list(env), value=[str(v) for v in env.values()]))])
 
-SECTIONS = [_sec_headline, _sec_training, _sec_confusion, _sec_per_class, _sec_curves, _sec_operating, _sec_calibration, _sec_slices,
-            _sec_worst, _sec_confused, _sec_clusters, _sec_regression, _sec_comparison, _sec_skipped, _sec_notes, _sec_env]
+
+SECTIONS = [
+    _sec_headline,
+    _sec_training,
+    _sec_confusion,
+    _sec_per_class,
+    _sec_curves,
+    _sec_operating,
+    _sec_calibration,
+    _sec_slices,
+    _sec_worst,
+    _sec_confused,
+    _sec_clusters,
+    _sec_regression,
+    _sec_comparison,
+    _sec_skipped,
+    _sec_notes,
+    _sec_env,
+]
 
 # %% ../../nbs/51_report.documents.ipynb #295c3133
-def evaluation_sections(ev, ledger: pd.DataFrame, image_root: str|Path, out_dir: str|Path, about: dict, **ctx) -> list[Section]:
-    "Report sections of one evaluation; figures are written into `out_dir`. `ctx`: history, skipped, environment, n_worst, comparison, baseline_name, n_resamples."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+def evaluation_sections(
+    ev, ledger: pd.DataFrame, image_root: str | Path, out_dir: str | Path, about: dict, **ctx
+) -> list[Section]:
+    "Report sections of one evaluation, figures written into `out_dir`; `ctx`: history, skipped, environment, ..."
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     ctx = dict(ctx, ledger=ledger, root=Path(image_root), out=out)
     secs = [Section('What was evaluated', '\n'.join(f'- **{k}**: `{v}`' for k, v in about.items() if v is not None))]
     return secs + [s for f in SECTIONS if (s := f(ev, ctx)) is not None]
 
 # %% ../../nbs/51_report.documents.ipynb #4ad95524
-def quality_sections(issues: pd.DataFrame, root: str|Path, out_dir: str|Path, about: dict, n_show: int = 8) -> list[Section]:
+def quality_sections(
+    issues: pd.DataFrame, root: str | Path, out_dir: str | Path, about: dict, n_show: int = 8
+) -> list[Section]:
     "Report sections of a data-quality scan; galleries are written into `out_dir`."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    counts = issues.groupby(['severity', 'issue']).size().rename('images').reset_index() if len(issues) else pd.DataFrame(columns=['severity', 'issue', 'images'])
-    secs = [Section('What was scanned', '\n'.join(f'- **{k}**: `{v}`' for k, v in about.items() if v is not None)),
-            Section('Summary', f'{len(issues)} issue(s) on {issues.image_id.nunique() if len(issues) else 0} image(s).' if len(issues) else 'No issue found.', [counts] if len(counts) else [])]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = (
+        issues.groupby(['severity', 'issue']).size().rename('images').reset_index()
+        if len(issues)
+        else pd.DataFrame(columns=['severity', 'issue', 'images'])
+    )
+    secs = [
+        Section('What was scanned', '\n'.join(f'- **{k}**: `{v}`' for k, v in about.items() if v is not None)),
+        Section(
+            'Summary',
+            f'{len(issues)} issue(s) on {issues.image_id.nunique() if len(issues) else 0} image(s).'
+            if len(issues)
+            else 'No issue found.',
+            [counts] if len(counts) else [],
+        ),
+    ]
     for kind, g in issues.groupby('issue', sort=False):
         g = g.sort_values('score', ascending=False)
         fig = None
         if kind not in ('unreadable', 'oversized', 'class_imbalance'):
-            fig = save_figure(plot_gallery([Path(root)/p for p in g.path[:n_show]], [f'{l}\n{d[:28]}' for l, d in zip(g.label[:n_show], g.details[:n_show].astype(str))]), out/f'issue_{kind}.png')
-        secs.append(Section(f'{kind} ({len(g)})', f'Severity: {g.severity.iloc[0]}. Highest scores first' + (' (first 20 listed).' if len(g) > 20 else '.'),
-                            [g[['path', 'split', 'label', 'score', 'details']].head(20)], [fig] if fig else []))
+            fig = save_figure(
+                plot_gallery(
+                    [Path(root) / p for p in g.path[:n_show]],
+                    [f'{l}\n{d[:28]}' for l, d in zip(g.label[:n_show], g.details[:n_show].astype(str))],
+                ),
+                out / f'issue_{kind}.png',
+            )
+        secs.append(
+            Section(
+                f'{kind} ({len(g)})',
+                f'Severity: {g.severity.iloc[0]}. Highest scores first'
+                + (' (first 20 listed).' if len(g) > 20 else '.'),
+                [g[['path', 'split', 'label', 'score', 'details']].head(20)],
+                [fig] if fig else [],
+            )
+        )
     return secs
 
 # %% ../../nbs/51_report.documents.ipynb #223be3f3
-def datasheet(samples, scan: pd.DataFrame|None = None, issues: pd.DataFrame|None = None, source: str = '', excluded: dict|None = None) -> str:
+def datasheet(
+    samples,
+    scan: pd.DataFrame | None = None,
+    issues: pd.DataFrame | None = None,
+    source: str = '',
+    excluded: dict | None = None,
+) -> str:
     "A Markdown datasheet of a samples table, from its files, scan and issues."
     df = samples.df
     per = df.assign(split=df['split'].replace('', 'unsplit')).groupby(['label', 'split']).size().unstack(fill_value=0)
-    per = per.reset_index().rename(columns={'label': 'class'}); per['total'] = per.drop(columns='class').sum(1)
-    lines = [f'# Datasheet: {samples.name or Path(source).name}', '', f'- **source**: `{source}`', f'- **version id**: `{samples.version}`',
-             f'- **images**: {len(df)} in {len(samples.classes)} classes; splits: {samples.split_counts()}', f'- **skipped files**: {len(samples.skipped)}',
-             f'- **generated**: {datetime.date.today().isoformat()}', '', '## Classes per split', '', markdown_table(per), '']
+    per = per.reset_index().rename(columns={'label': 'class'})
+    per['total'] = per.drop(columns='class').sum(1)
+    lines = [
+        f'# Datasheet: {samples.name or Path(source).name}',
+        '',
+        f'- **source**: `{source}`',
+        f'- **version id**: `{samples.version}`',
+        f'- **images**: {len(df)} in {len(samples.classes)} classes; splits: {samples.split_counts()}',
+        f'- **skipped files**: {len(samples.skipped)}',
+        f'- **generated**: {datetime.date.today().isoformat()}',
+        '',
+        '## Classes per split',
+        '',
+        markdown_table(per),
+        '',
+    ]
     if scan is not None and 'img_width' in scan:
-        q = scan[[c for c in ('img_width', 'img_height', 'img_brightness', 'img_contrast', 'img_sharpness') if c in scan]].describe(percentiles=[.05, .5, .95]).T
+        q = (
+            scan[
+                [c for c in ('img_width', 'img_height', 'img_brightness', 'img_contrast', 'img_sharpness') if c in scan]
+            ]
+            .describe(percentiles=[0.05, 0.5, 0.95])
+            .T
+        )
         q = q[['min', '5%', '50%', '95%', 'max']].reset_index().rename(columns={'index': 'property'})
         q['property'] = q['property'].str.removeprefix('img_')
-        lines += ['## Image sizes and properties', '', markdown_table(q), '',
-                  f'Formats: {dict(scan["format"].fillna("unreadable").value_counts())}', '']
+        lines += [
+            '## Image sizes and properties',
+            '',
+            markdown_table(q),
+            '',
+            f'Formats: {dict(scan["format"].fillna("unreadable").value_counts())}',
+            '',
+        ]
     if issues is not None:
         c = issues.groupby(['severity', 'issue']).size().rename('images').reset_index() if len(issues) else None
         lines += ['## Issues found', '', markdown_table(c) if c is not None else 'None.', '']
-    if excluded: lines += ['## Exclusions applied', '', *(f'- {k}: {v} image(s)' for k, v in excluded.items()), '']
+    if excluded:
+        lines += ['## Exclusions applied', '', *(f'- {k}: {v} image(s)' for k, v in excluded.items()), '']
     return '\n'.join(lines)
 
 # %% ../../nbs/51_report.documents.ipynb #b23bfc93

@@ -1,4 +1,4 @@
-"""The figures of reports and notebooks: confusion matrix, image galleries, training curves; saved as PNG or embedded in self-contained HTML.
+"""The figures of reports and notebooks: confusion matrix, galleries, curves; PNG or embedded in HTML.
 
 Docs: https://cvbench.github.io/cvbench/report.plots.html.md"""
 
@@ -6,10 +6,9 @@ Docs: https://cvbench.github.io/cvbench/report.plots.html.md"""
 
 # %% ../../nbs/50_report.plots.ipynb #e92cb106
 from __future__ import annotations
-import base64, io
+import base64
 from pathlib import Path
 import numpy as np, pandas as pd
-import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 from ..core import atomic_path
@@ -33,23 +32,44 @@ def png_data_uri(path: str|Path) -> str:
 # %% ../../nbs/50_report.plots.ipynb #3b3630bc
 def plot_confusion_matrix(cm: np.ndarray, classes: list[str], normalize: bool = True, ax=None):
     "Heatmap of a confusion matrix (row-normalized colours, counts as annotations)."
-    cm = np.asarray(cm); n = len(classes)
-    if ax is None: _, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.4 * n))
+    cm = np.asarray(cm)
+    n = len(classes)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.4 * n))
     shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
-    sns.heatmap(shown, annot=cm if n <= 30 else False, fmt='d', cmap='Blues', cbar=False, square=True,
-                xticklabels=classes, yticklabels=classes, ax=ax, vmin=0, vmax=1 if normalize else None, annot_kws=dict(size=7))
-    ax.set_xlabel('predicted'); ax.set_ylabel('true'); ax.set_title('Confusion matrix' + (' (row-normalized)' if normalize else ''))
+    sns.heatmap(
+        shown,
+        annot=cm if n <= 30 else False,
+        fmt='d',
+        cmap='Blues',
+        cbar=False,
+        square=True,
+        xticklabels=classes,
+        yticklabels=classes,
+        ax=ax,
+        vmin=0,
+        vmax=1 if normalize else None,
+        annot_kws=dict(size=7),
+    )
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    ax.set_title('Confusion matrix' + (' (row-normalized)' if normalize else ''))
     return ax.figure
 
 # %% ../../nbs/50_report.plots.ipynb #57bfb739
 def plot_gallery(paths: list, captions: list[str], ncols: int = 8, size: float = 1.4):
     "Grid of images with captions."
-    n = max(len(paths), 1); nrows = int(np.ceil(n / ncols)); ncols = min(ncols, n)
+    n = max(len(paths), 1)
+    nrows = int(np.ceil(n / ncols))
+    ncols = min(ncols, n)
     fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.15), squeeze=False)
-    for ax in axs.flat: ax.axis('off')
+    for ax in axs.flat:
+        ax.axis('off')
     for ax, p, c in zip(axs.flat, paths, captions):
-        try: ax.imshow(np.asarray(open_image(p)), interpolation='nearest')
-        except ImageReadError: c = f'(unreadable)\n{c}'
+        try:
+            ax.imshow(np.asarray(open_image(p)), interpolation='nearest')
+        except ImageReadError:
+            c = f'(unreadable)\n{c}'
         ax.set_title(c, fontsize=7)
     fig.tight_layout()
     return fig
@@ -57,14 +77,24 @@ def plot_gallery(paths: list, captions: list[str], ncols: int = 8, size: float =
 # %% ../../nbs/50_report.plots.ipynb #8f1b74fa
 def plot_history(history: pd.DataFrame):
     "Train/valid loss and every other numeric metric per epoch."
-    mets = [c for c in history.columns if c not in ('epoch', 'train_loss', 'valid_loss', 'time', 'lr') and pd.api.types.is_numeric_dtype(history[c])]
+    mets = [
+        c
+        for c in history.columns
+        if c not in ('epoch', 'train_loss', 'valid_loss', 'time', 'lr') and pd.api.types.is_numeric_dtype(history[c])
+    ]
     fig, axs = plt.subplots(1, 1 + bool(mets), figsize=(4.5 * (1 + bool(mets)), 3), squeeze=False)
     ax = axs[0, 0]
-    for c in ('train_loss', 'valid_loss'): ax.plot(history['epoch'], history[c], marker='o', label=c)
-    ax.set_xlabel('epoch'); ax.set_title('loss'); ax.legend()
+    for c in ('train_loss', 'valid_loss'):
+        ax.plot(history['epoch'], history[c], marker='o', label=c)
+    ax.set_xlabel('epoch')
+    ax.set_title('loss')
+    ax.legend()
     if mets:
-        for c in mets: axs[0, 1].plot(history['epoch'], history[c], marker='o', label=c)
-        axs[0, 1].set_xlabel('epoch'); axs[0, 1].set_title('validation metrics'); axs[0, 1].legend()
+        for c in mets:
+            axs[0, 1].plot(history['epoch'], history[c], marker='o', label=c)
+        axs[0, 1].set_xlabel('epoch')
+        axs[0, 1].set_title('validation metrics')
+        axs[0, 1].legend()
     fig.tight_layout()
     return fig
 
@@ -72,13 +102,28 @@ def plot_history(history: pd.DataFrame):
 def plot_curves(curves: dict, kind: str = 'roc', ax=None):
     "Per-class ROC (`kind='roc'`) or precision-recall (`'pr'`) curves from `class_curves`."
     from sklearn.metrics import auc
-    if ax is None: _, ax = plt.subplots(figsize=(4.6, 4))
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 4))
     areas = {c: auc(x, y) for c, (x, y, _) in curves.items()}
     shown = sorted(areas, key=areas.get)[:10]
     for c, (x, y, _) in curves.items():
-        ax.plot(x, y, lw=1.2 if c in shown else 0.6, alpha=1 if c in shown else 0.4, label=f'{c} ({areas[c]:.3f})' if c in shown else None)
-    if kind == 'roc': ax.plot([0, 1], [0, 1], 'k:', lw=0.8); ax.set_xlabel('false positive rate'); ax.set_ylabel('true positive rate'); ax.set_title('ROC (one-vs-rest), AUC')
-    else: ax.set_xlabel('recall'); ax.set_ylabel('precision'); ax.set_title('Precision-recall, area')
+        ax.plot(
+            x,
+            y,
+            lw=1.2 if c in shown else 0.6,
+            alpha=1 if c in shown else 0.4,
+            label=f'{c} ({areas[c]:.3f})' if c in shown else None,
+        )
+    if kind == 'roc':
+        ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+        ax.set_xlabel('false positive rate')
+        ax.set_ylabel('true positive rate')
+        ax.set_title('ROC (one-vs-rest), AUC')
+    else:
+        ax.set_xlabel('recall')
+        ax.set_ylabel('precision')
+        ax.set_title('Precision-recall, area')
     ax.legend(fontsize=7, loc='lower right' if kind == 'roc' else 'lower left')
     return ax.figure
 
@@ -87,33 +132,54 @@ def plot_reliability(tables: dict):
     "Reliability diagrams, one panel per table (`label → reliability_table`)."
     fig, axs = plt.subplots(1, len(tables), figsize=(3.8 * len(tables), 3.6), squeeze=False)
     for ax, (name, t) in zip(axs[0], tables.items()):
-        t = t[t['count'] > 0]; w = (t.high - t.low).to_numpy()
+        t = t[t['count'] > 0]
+        w = (t.high - t.low).to_numpy()
         ax.bar(t.low, t.accuracy, width=w, align='edge', edgecolor='k', lw=0.4, alpha=0.8, label='accuracy')
         ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
         ax.scatter((t.low + t.high) / 2, t.confidence, s=10, c='C3', zorder=3, label='mean confidence')
-        ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.set_xlabel('confidence'); ax.set_ylabel('accuracy'); ax.set_title(name); ax.legend(fontsize=7, loc='upper left')
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel('confidence')
+        ax.set_ylabel('accuracy')
+        ax.set_title(name)
+        ax.legend(fontsize=7, loc='upper left')
     fig.tight_layout()
     return fig
 
 # %% ../../nbs/50_report.plots.ipynb #95c298eb
 def plot_slices(table: pd.DataFrame, metric: str = 'accuracy'):
     "Interval plot of `metric` per slice from `slice_table`."
-    t = table.reset_index(drop=True); n = len(t)
+    t = table.reset_index(drop=True)
+    n = len(t)
     fig, ax = plt.subplots(figsize=(6, 0.28 * n + 1))
     ypos, colour = np.arange(n)[::-1], {c: f'C{i % 10}' for i, c in enumerate(t.column.unique())}
     for i, r in t.iterrows():
-        ax.errorbar(r[metric], ypos[i], xerr=[[r[metric] - r[f'{metric}_low']], [r[f'{metric}_high'] - r[metric]]], fmt='o',
-                    mfc='white' if r.too_small else colour[r.column], color=colour[r.column], capsize=2, ms=4)
-    ax.set_yticks(ypos); ax.set_yticklabels([f'{r.column}={r.value} (n={r.n})' for r in t.itertuples()], fontsize=7)
-    ax.set_xlabel(f'{metric} (95 % interval)'); ax.set_title('Slices (hollow: too few images)')
+        ax.errorbar(
+            r[metric],
+            ypos[i],
+            xerr=[[r[metric] - r[f'{metric}_low']], [r[f'{metric}_high'] - r[metric]]],
+            fmt='o',
+            mfc='white' if r.too_small else colour[r.column],
+            color=colour[r.column],
+            capsize=2,
+            ms=4,
+        )
+    ax.set_yticks(ypos)
+    ax.set_yticklabels([f'{r.column}={r.value} (n={r.n})' for r in t.itertuples()], fontsize=7)
+    ax.set_xlabel(f'{metric} (95 % interval)')
+    ax.set_title('Slices (hollow: too few images)')
     fig.tight_layout()
     return fig
 
 # %% ../../nbs/50_report.plots.ipynb #5829473b
-def plot_throughput(table: pd.DataFrame, threads: int|None = None):
+def plot_throughput(table: pd.DataFrame, threads: int | None = None):
     "Throughput over batch sizes, one line per backend (model-only rows of `bench_package`'s table)."
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for b, g in table[table['mode'] == 'model only'].groupby('backend'): ax.plot(g.batch, g.images_per_s, marker='o', label=b)
-    ax.set_xscale('log', base=2); ax.set_xlabel('batch size'); ax.set_ylabel('images / s')
-    ax.set_title('Throughput' + (f', {threads} threads' if threads else '')); ax.legend(fontsize=7)
+    for b, g in table[table['mode'] == 'model only'].groupby('backend'):
+        ax.plot(g.batch, g.images_per_s, marker='o', label=b)
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('batch size')
+    ax.set_ylabel('images / s')
+    ax.set_title('Throughput' + (f', {threads} threads' if threads else ''))
+    ax.legend(fontsize=7)
     return fig

@@ -1,4 +1,4 @@
-"""From a config and a samples table to a trained model: fastai's `Learner` over a timm backbone, a one-cycle schedule, augmentation, per-epoch checkpoints that resume exactly, and a history on disk.
+"""From a config and a samples table to a trained model: fastai's `Learner` over timm, with exact resume.
 
 Docs: https://cvbench.github.io/cvbench/train.learner.html.md"""
 
@@ -6,72 +6,90 @@ Docs: https://cvbench.github.io/cvbench/train.learner.html.md"""
 
 # %% ../../nbs/22_train.learner.ipynb #5cc636f7
 from __future__ import annotations
-import logging, random, time
+import logging, random
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.foundation import L
-from fastai.vision.all import Learner, DataLoaders, TfmdDL, TensorImage, Callback, Recorder, accuracy, OptimWrapper
+from fastai.vision.all import Learner, DataLoaders, TfmdDL, Callback, Recorder, accuracy, OptimWrapper
 from functools import partial
-from ..core import Config, CvbenchError, seed_everything, atomic_path, write_text
+from ..core import Config, CvbenchError, RunDir, seed_everything, atomic_path
 from ..data.samples import Samples, DataError
-from ..data.datasets import load_dataset
-from ..data.images import open_image, check_images
+from ..data.datasets import open_dataset
 from ..data.splits import split_samples
 from ..models import create_model, body_head_splitter, save_checkpoint
-from ..transforms import PreprocessSpec, SpecResize, spec_batch_tfms, spec_from_config
+from ..transforms import PreprocessSpec, SpecImageDataset, spec_batch_tfms, spec_from_config
 
 # %% auto #0
-__all__ = ['log', 'prepare_samples', 'SpecImageDataset', 'build_dataloaders', 'ReplaySeed', 'RunCheckpoint', 'build_learner',
-           'train', 'load_resume_state', 'load_best']
+__all__ = ['log', 'prepare_samples', 'build_dataloaders', 'ReplaySeed', 'RunCheckpoint', 'build_learner', 'train',
+           'load_resume_state', 'load_best']
 
 # %% ../../nbs/22_train.learner.ipynb #b0817940
 log = logging.getLogger(__name__)
 
+
 def prepare_samples(cfg: Config) -> Samples:
     "Load `cfg.data.source`, drop unreadable images into `skipped`, and split if needed."
-    s = check_images(load_dataset(cfg.data.source, cfg.data.root, cfg.data.cache_dir))
-    s = split_samples(s, cfg.data.valid_pct, cfg.seed)
-    if (s.df['split'] == 'train').sum() == 0: raise DataError(f'no training images in {cfg.data.source}; splits: {s.split_counts()}')
-    if (s.df['split'] == 'valid').sum() == 0: raise DataError(f'no validation images in {cfg.data.source}; add a `valid` split or leave `split` empty to split automatically')
+    s = split_samples(open_dataset(cfg.data.source, cfg.data.root, cfg.data.cache_dir), cfg.data.valid_pct, cfg.seed)
+    if (s.df['split'] == 'train').sum() == 0:
+        raise DataError(f'no training images in {cfg.data.source}; splits: {s.split_counts()}')
+    if (s.df['split'] == 'valid').sum() == 0:
+        raise DataError(f'no validation images in {cfg.data.source}; '
+                        'add a `valid` split or leave `split` empty to split automatically')
     return s
 
-# %% ../../nbs/22_train.learner.ipynb #c0b4d53f
-class SpecImageDataset(torch.utils.data.Dataset):
-    "Images decoded by `open_image` and resized by `spec`, as uint8 `TensorImage`s (for fastai's batch transforms), with class-index targets."
-    def __init__(self, paths: list, targets, spec: PreprocessSpec, split_idx: int = 0):
-        self.paths, self.targets, self.spec, self.split_idx = list(paths), np.asarray(targets), spec, split_idx
-    def __len__(self): return len(self.paths)
-    def __getitem__(self, i):
-        img = self.spec.resize_image(open_image(self.paths[i]))
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return TensorImage(x), torch.tensor(int(self.targets[i]))
-
 # %% ../../nbs/22_train.learner.ipynb #0198b455
-def build_dataloaders(samples: Samples, spec: PreprocessSpec,
-                      bs: int = 64, augment: bool = True, flip: bool = False, max_rotate: float = 10.,
-                      seed: int = 0, num_workers: int = 0, device: str|torch.device|None = None) -> DataLoaders:
+def build_dataloaders(
+    samples: Samples,
+    spec: PreprocessSpec,
+    bs: int = 64,
+    augment: bool = True,
+    flip: bool = False,
+    max_rotate: float = 10.0,
+    seed: int = 0,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+) -> DataLoaders:
     "fastai `DataLoaders` over the `train` and `valid` rows of `samples`, preprocessed by `spec`."
+
     def _dl(split, idx, train):
         s = samples.subset(split)
-        return TfmdDL(SpecImageDataset(s.paths(), s.targets(), spec, idx), bs=bs, shuffle=train, drop_last=train, num_workers=num_workers,
-                      device=device, after_batch=spec_batch_tfms(spec, augment and train, flip, max_rotate))
+        return TfmdDL(
+            SpecImageDataset(s.paths(), s.targets(), spec, idx),
+            bs=bs,
+            shuffle=train,
+            drop_last=train,
+            num_workers=num_workers,
+            device=device,
+            after_batch=spec_batch_tfms(spec, augment and train, flip, max_rotate),
+        )
+
     dls = DataLoaders(_dl('train', 0, True), _dl('valid', 1, False), device=device)
     dls.vocab = list(samples.classes)
     return dls
 
 # %% ../../nbs/22_train.learner.ipynb #ee67a82e
 class ReplaySeed(Callback):
-    "Seed everything from `(seed, epoch + offset)` before each epoch and from `(seed, epoch, batch)` after each training batch."
+    "Seed everything from `(seed, epoch + offset)` before each epoch, from `(seed, epoch, batch)` after each batch."
+
     order = -100
-    def __init__(self, seed: int, offset: int = 0): self.seed, self.offset = seed, offset
+
+    def __init__(self, seed: int, offset: int = 0):
+        self.seed, self.offset = seed, offset
+
     def _seed(self, it: int) -> int:
         s = (self.seed * 100_003 + (self.offset + self.epoch) * 10_007 + it) % 2**31
         return seed_everything(s)
-    def before_epoch(self): self.dls.train.rng = random.Random(self._seed(0))
-    def before_train(self): self._seed(0)
+
+    def before_epoch(self):
+        self.dls.train.rng = random.Random(self._seed(0))
+
+    def before_train(self):
+        self._seed(0)
+
     def after_batch(self):
-        if self.training: self._seed(self.iter + 1)
+        if self.training:
+            self._seed(self.iter + 1)
 
 # %% ../../nbs/22_train.learner.ipynb #e3dd8d9e
 def _plain(o):
@@ -85,47 +103,89 @@ def _plain(o):
 # %% ../../nbs/22_train.learner.ipynb #acc93558
 class RunCheckpoint(Callback):
     "Save `last.pt` (resume state), `best.safetensors` (lowest valid loss) and `history.csv` after each epoch."
+
     order = Recorder.order + 1
-    def __init__(self, run_dir: Path, arch: str, classes: list, spec: PreprocessSpec, offset: int = 0, start_epoch: int = 0,
-                 history: list|None = None, best: float = float('inf')):
-        self.run_dir, self.arch, self.classes, self.spec, self.offset, self.start_epoch = Path(run_dir), arch, classes, spec, offset, start_epoch
+
+    def __init__(
+        self,
+        run_dir: str | Path,  # the run directory (see `RunDir`)
+        arch: str,  # timm architecture name, saved with the weights
+        classes: list,  # class names, saved with the weights
+        spec: PreprocessSpec,  # preprocessing, saved with the weights
+        offset: int = 0,  # epochs of earlier phases
+        start_epoch: int = 0,  # epochs of this phase already done (resuming)
+        history: list | None = None,  # rows of earlier epochs
+        best: float = float('inf'),  # lowest validation loss so far
+    ):
+        self.rd, self.arch, self.classes, self.spec = RunDir(run_dir), arch, classes, spec
+        self.offset, self.start_epoch = offset, start_epoch
         self.history, self.best = history if history is not None else [], best
 
-    def before_epoch(self): self._sum, self._n = 0., 0
+    def before_epoch(self):
+        self._sum, self._n = 0.0, 0
+
     def after_batch(self):
-        if self.training: self._sum += self.loss.detach().item() * len(self.yb[0]); self._n += len(self.yb[0])
+        if self.training:
+            self._sum += self.loss.detach().item() * len(self.yb[0])
+            self._n += len(self.yb[0])
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch: return  # skipped while resuming
+        if self.epoch < self.start_epoch:
+            return  # skipped while resuming
         rec = dict(zip(self.recorder.metric_names[1:], self.recorder.log[1:]))
         ep = self.offset + self.epoch
         rec['train_loss'] = self._sum / max(self._n, 1)  # the epoch mean (fastai's is a running average across epochs)
-        row = dict(epoch=ep, **{k: (float(v) if k != 'time' else v) for k, v in rec.items()}, lr=float(self.opt.hypers[-1]['lr']))
+        row = dict(
+            epoch=ep,
+            **{k: (float(v) if k != 'time' else v) for k, v in rec.items()},
+            lr=float(self.opt.hypers[-1]['lr']),
+        )
         self.history = [h for h in self.history if h['epoch'] < ep] + [row]
-        ck = self.run_dir/'checkpoints'
         if row['valid_loss'] < self.best:
             self.best = row['valid_loss']
-            save_checkpoint(self.model, ck/'best.safetensors', self.arch, self.classes, preprocess=self.spec.to_dict(), epoch=ep)
-        state = dict(epoch=ep + 1, best=self.best, history=self.history,
-                     model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, opt=_plain(self.opt.state_dict()))
-        with atomic_path(ck/'last.pt') as t: torch.save(state, t)
-        with atomic_path(self.run_dir/'history.csv') as t: pd.DataFrame(self.history).to_csv(t, index=False)
+            save_checkpoint(
+                self.model, self.rd.best_checkpoint, self.arch, self.classes, preprocess=self.spec.to_dict(), epoch=ep
+            )
+        state = dict(
+            epoch=ep + 1,
+            best=self.best,
+            history=self.history,
+            model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            opt=_plain(self.opt.state_dict()),
+        )
+        with atomic_path(self.rd.last_checkpoint) as t:
+            torch.save(state, t)
+        with atomic_path(self.rd.history) as t:
+            pd.DataFrame(self.history).to_csv(t, index=False)
 
 # %% ../../nbs/22_train.learner.ipynb #d39bad76
 def _device(name: str) -> torch.device:
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available(): raise CvbenchError(f'train.device={name} but no CUDA GPU is available; use `auto` or `cpu`')
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise CvbenchError(f'train.device={name} but no CUDA GPU is available; use `auto` or `cpu`')
     return torch.device(name)
+
 
 def build_learner(cfg: Config, samples: Samples, spec: PreprocessSpec, cbs=None) -> Learner:
     "A fastai `Learner` over the timm model of `cfg`, with body/classifier groups and accuracy."
-    t = cfg.train; dev = _device(t.device)
+    t = cfg.train
+    dev = _device(t.device)
     seed_everything(cfg.seed)
     dls = build_dataloaders(samples, spec, t.batch_size, t.augment, t.flip, t.max_rotate, cfg.seed, t.num_workers, dev)
     model = create_model(cfg.model.name, len(samples.classes), cfg.model.pretrained)
-    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), metrics=[accuracy], splitter=body_head_splitter,
-                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), wd=t.weight_decay, cbs=cbs)
-    if dev.type == 'cuda': learn.to_fp16()  # mixed precision where a GPU exists
+    learn = Learner(
+        dls,
+        model,
+        loss_func=nn.CrossEntropyLoss(),
+        metrics=[accuracy],
+        splitter=body_head_splitter,
+        opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
+        wd=t.weight_decay,
+        cbs=cbs,
+    )
+    if dev.type == 'cuda':
+        learn.to_fp16()  # mixed precision where a GPU exists
     return learn
 
 # %% ../../nbs/22_train.learner.ipynb #bc6e88ef
@@ -138,10 +198,13 @@ def _phases(cfg: Config) -> list[dict]:
     return [dict(n=t.epochs, frozen=False, lr=t.lr, pct_start=0.25, div=25.)]
 
 # %% ../../nbs/22_train.learner.ipynb #416e8035
-def train(cfg: Config, samples: Samples, run_dir: str|Path,
-          resume: bool = False, # continue from `run_dir/checkpoints/last.pt`
-          cbs: list|None = None, # extra fastai callbacks (tracking, tests)
-         ) -> Learner:
+def train(
+    cfg: Config,
+    samples: Samples,
+    run_dir: str | Path,
+    resume: bool = False,  # continue from `run_dir/checkpoints/last.pt`
+    cbs: list | None = None,  # extra fastai callbacks (tracking, tests)
+) -> Learner:
     "Fit the model of `cfg` on `samples`, checkpointing into `run_dir`; return the learner with the best weights."
     run_dir, spec = Path(run_dir), spec_from_config(cfg.preprocess)
     learn = build_learner(cfg, samples, spec, cbs)
@@ -152,25 +215,37 @@ def train(cfg: Config, samples: Samples, run_dir: str|Path,
         learn.model.load_state_dict(state['model'])
     offset = 0
     for ph in _phases(cfg):
-        if done >= offset + ph['n']: offset += ph['n']; continue
+        if done >= offset + ph['n']:
+            offset += ph['n']
+            continue
         learn.freeze() if ph['frozen'] else learn.unfreeze()  # fastai clears the optimizer state here
-        if resume and done > offset: learn.opt.load_state_dict(state['opt'])  # resuming mid-phase: restore it
+        if resume and done > offset:
+            learn.opt.load_state_dict(state['opt'])  # resuming mid-phase: restore it
         ck = RunCheckpoint(run_dir, cfg.model.name, samples.classes, spec, offset, max(0, done - offset), history, best)
-        learn.fit_one_cycle(ph['n'], ph['lr'], pct_start=ph['pct_start'], div=ph['div'], start_epoch=max(0, done - offset),
-                            cbs=[ReplaySeed(cfg.seed, offset), ck])
+        learn.fit_one_cycle(
+            ph['n'],
+            ph['lr'],
+            pct_start=ph['pct_start'],
+            div=ph['div'],
+            start_epoch=max(0, done - offset),
+            cbs=[ReplaySeed(cfg.seed, offset), ck],
+        )
         history, best, offset = ck.history, ck.best, offset + ph['n']
     load_best(learn, run_dir)
     return learn
 
 # %% ../../nbs/22_train.learner.ipynb #8988c938
-def load_resume_state(run_dir: str|Path) -> dict:
+def load_resume_state(run_dir: str | Path) -> dict:
     "The resume state of a run (weights, optimizer, epoch, history)."
-    p = Path(run_dir)/'checkpoints'/'last.pt'
-    if not p.is_file(): raise CvbenchError(f'{run_dir} has no checkpoint to resume from ({p} is missing); start a new run instead')
+    p = RunDir(run_dir).last_checkpoint
+    if not p.is_file():
+        raise CvbenchError(f'{run_dir} has no checkpoint to resume from ({p} is missing); start a new run instead')
     return torch.load(p, map_location='cpu', weights_only=True)
 
-def load_best(learn: Learner, run_dir: str|Path):
+
+def load_best(learn: Learner, run_dir: str | Path):
     "Load the best checkpoint of `run_dir` into `learn.model`."
     from safetensors.torch import load_file
-    learn.model.load_state_dict(load_file(str(Path(run_dir)/'checkpoints'/'best.safetensors')))
+
+    learn.model.load_state_dict(load_file(str(RunDir(run_dir).best_checkpoint)))
     return learn

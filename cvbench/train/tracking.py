@@ -1,4 +1,4 @@
-"""Weights & Biases tracking that never blocks a run: offline unless you configured it, optional, and never the source of truth; the run directory is.
+"""Weights & Biases tracking that never blocks a run: offline unless configured; the run directory is the record.
 
 Docs: https://cvbench.github.io/cvbench/train.tracking.html.md"""
 
@@ -8,64 +8,100 @@ Docs: https://cvbench.github.io/cvbench/train.tracking.html.md"""
 from __future__ import annotations
 import logging, netrc, os
 from pathlib import Path
-import numpy as np, pandas as pd
+import pandas as pd
 from fastai.vision.all import Callback
-from ..core import Config, config_to_dict, write_text
+from ..core import Config, RunDir, config_to_dict, write_text
 
 # %% auto #0
 __all__ = ['log', 'wandb_mode', 'Tracker', 'start_tracking', 'WandbEpochLogger', 'log_confusion_matrix', 'log_predictions_table',
-           'log_artifact']
+           'log_artifact', 'log_images']
 
 # %% ../../nbs/23_train.tracking.ipynb #675f32c0
 log = logging.getLogger(__name__)
 
-def _has_api_key() -> bool:
-    if os.environ.get('WANDB_API_KEY'): return True
-    try: return netrc.netrc().authenticators('api.wandb.ai') is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError): return False
 
-def wandb_mode(mode: str|None = None) -> str:
+def _has_api_key() -> bool:
+    if os.environ.get('WANDB_API_KEY'):
+        return True
+    try:
+        return netrc.netrc().authenticators('api.wandb.ai') is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(mode: str | None = None) -> str:
     "The W&B mode to use: explicit `mode`, else `WANDB_MODE`, else online with an API key, else offline."
     m = mode or os.environ.get('WANDB_MODE') or ('online' if _has_api_key() else 'offline')
     if m not in ('online', 'offline', 'disabled', 'shared', 'dryrun', 'run'):
-        log.warning(f'unknown W&B mode `{m}`; using offline'); m = 'offline'
+        log.warning(f'unknown W&B mode `{m}`; using offline')
+        m = 'offline'
     return m
 
 # %% ../../nbs/23_train.tracking.ipynb #3da418de
 class Tracker:
     "A W&B run, or nothing; every method is safe to call and never raises."
-    def __init__(self, run=None): self.run = run
+
+    def __init__(self, run=None):
+        self.run = run
+
     @property
-    def active(self) -> bool: return self.run is not None
+    def active(self) -> bool:
+        return self.run is not None
+
     @property
-    def id(self) -> str|None: return self.run.id if self.active else None
+    def id(self) -> str | None:
+        return self.run.id if self.active else None
 
     def _guard(self, what: str, f, *args, **kw):
-        if not self.active: return None
-        try: return f(*args, **kw)
+        if not self.active:
+            return None
+        try:
+            return f(*args, **kw)
         except Exception as e:
-            log.warning(f'W&B {what} failed ({type(e).__name__}: {e}); tracking is off for the rest of this run, the run directory is complete')
+            log.warning(
+                f'W&B {what} failed ({type(e).__name__}: {e}); '
+                'tracking is off for the rest of this run, the run directory is complete'
+            )
             self.run = None
 
-    def log(self, data: dict, step: int|None = None): self._guard('log', lambda: self.run.log(data, step=step))
-    def summary(self, data: dict): self._guard('summary', lambda: self.run.summary.update(data))
-    def finish(self): self._guard('finish', lambda: self.run.finish()); self.run = None
+    def log(self, data: dict, step: int | None = None):
+        self._guard('log', lambda: self.run.log(data, step=step))
+
+    def summary(self, data: dict):
+        self._guard('summary', lambda: self.run.summary.update(data))
+
+    def finish(self):
+        self._guard('finish', lambda: self.run.finish())
+        self.run = None
 
 # %% ../../nbs/23_train.tracking.ipynb #a738409d
-def start_tracking(cfg: Config, run_dir: str|Path, resume: bool = False) -> Tracker:
+def start_tracking(cfg: Config, run_dir: str | Path, resume: bool = False) -> Tracker:
     "Start (or resume) the W&B run of `run_dir`; a disabled `Tracker` if tracking is off or fails."
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
     mode = wandb_mode(cfg.track.mode)
-    if not cfg.track.wandb or mode == 'disabled': return Tracker(None)
-    idf = run_dir/'wandb_run_id.txt'
+    if not cfg.track.wandb or mode == 'disabled':
+        return Tracker(None)
+    idf = rd.wandb_run_id
     try:
         import wandb
-        run = wandb.init(project=cfg.track.project, name=run_dir.name, dir=str(run_dir), mode=mode, config=config_to_dict(cfg),
-                         id=idf.read_text().strip() if resume and idf.exists() else None, resume='allow' if resume else None,
-                         settings=wandb.Settings(silent=True, console='off', x_disable_stats=True, disable_git=True, save_code=False),
-                         reinit='finish_previous')
+
+        run = wandb.init(
+            project=cfg.track.project,
+            name=rd.name,
+            dir=str(rd.path),
+            mode=mode,
+            config=config_to_dict(cfg),
+            id=idf.read_text().strip() if resume and idf.exists() else None,
+            resume='allow' if resume else None,
+            settings=wandb.Settings(
+                silent=True, console='off', x_disable_stats=True, disable_git=True, save_code=False
+            ),
+            reinit='finish_previous',
+        )
     except Exception as e:
-        log.warning(f'W&B could not start ({type(e).__name__}: {e}); continuing without it, the run directory is complete')
+        log.warning(
+            f'W&B could not start ({type(e).__name__}: {e}); continuing without it, the run directory is complete'
+        )
         return Tracker(None)
     write_text(idf, run.id + '\n')
     return Tracker(run)
@@ -84,26 +120,58 @@ class WandbEpochLogger(Callback):
 # %% ../../nbs/23_train.tracking.ipynb #740c5239
 def log_confusion_matrix(tracker: Tracker, y_true, y_pred, classes: list[str]):
     "Log W&B's interactive confusion matrix."
-    if not tracker.active: return
+    if not tracker.active:
+        return
     import wandb
-    tracker._guard('confusion matrix', lambda: tracker.run.log({'confusion_matrix': wandb.plot.confusion_matrix(
-        y_true=list(map(int, y_true)), preds=list(map(int, y_pred)), class_names=list(classes))}))
 
-def log_predictions_table(tracker: Tracker, rows: pd.DataFrame, image_paths: list|None = None, name: str = 'predictions'):
+    tracker._guard(
+        'confusion matrix',
+        lambda: tracker.run.log(
+            {
+                'confusion_matrix': wandb.plot.confusion_matrix(
+                    y_true=list(map(int, y_true)), preds=list(map(int, y_pred)), class_names=list(classes)
+                )
+            }
+        ),
+    )
+
+
+def log_predictions_table(
+    tracker: Tracker, rows: pd.DataFrame, image_paths: list | None = None, name: str = 'predictions'
+):
     "Log a table of predictions (with images when `image_paths` is given)."
-    if not tracker.active: return
+    if not tracker.active:
+        return
     import wandb
+
     def _do():
         df = rows.reset_index(drop=True)
-        if image_paths is not None: df = df.assign(image=[wandb.Image(str(p)) for p in image_paths])
+        if image_paths is not None:
+            df = df.assign(image=[wandb.Image(str(p)) for p in image_paths])
         tracker.run.log({name: wandb.Table(dataframe=df)})
+
     tracker._guard('predictions table', _do)
 
-def log_artifact(tracker: Tracker, path: str|Path, name: str, type: str = 'model', metadata: dict|None = None):
+
+def log_artifact(tracker: Tracker, path: str | Path, name: str, type: str = 'model', metadata: dict | None = None):
     "Log a file as a W&B artifact."
-    if not tracker.active: return
+    if not tracker.active:
+        return
     import wandb
+
     def _do():
         art = wandb.Artifact(name, type=type, metadata=metadata or {})
-        art.add_file(str(path)); tracker.run.log_artifact(art)
+        art.add_file(str(path))
+        tracker.run.log_artifact(art)
+
     tracker._guard('artifact', _do)
+
+
+def log_images(tracker: Tracker, folder: str | Path, prefix: str = 'report'):
+    "Log every PNG of `folder` as an image named `prefix/<stem>` (the report's figures)."
+    if not tracker.active:
+        return
+    import wandb
+
+    pngs = sorted(Path(folder).glob('*.png'))
+    tracker._guard('images', lambda: tracker.run.log({f'{prefix}/{p.stem}': wandb.Image(str(p)) for p in pngs}))
