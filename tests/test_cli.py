@@ -78,3 +78,33 @@ def test_train_eval_report(tiny, tmp_path):
     r = cli('eval', '--checkpoint', rd / 'model.safetensors', '--data', other, cwd=tmp_path, check=2)
     assert not list(tmp_path.glob('eval-model-other'))  # a failed evaluation leaves nothing behind
     assert "labels ['cat', 'dog'] are not classes of the model" in r.stderr
+    # a CSV manifest whose paths are relative to --root, not to the CSV's folder: --root is honoured
+    valid = pd.read_parquet(rd / 'samples.parquet').query("split == 'valid'").head(20)
+    (tmp_path / 'manifests').mkdir()
+    valid[['path', 'label']].to_csv(tmp_path / 'manifests' / 'subset.csv', index=False)
+    out = cli('eval', rd, '--data', tmp_path / 'manifests' / 'subset.csv', '--root', digits, check=0).stdout
+    assert 'n: 20' in out and len(pd.read_parquet(rd / 'eval-subset' / 'predictions.parquet')) == 20
+
+
+def test_exit_codes_of_internal_errors(monkeypatch, capsys, tmp_path):
+    "An unexpected error is exit 3 with one line and a traceback file (printed with --debug), never a gate's 1."
+    import cvbench.runs
+    from cvbench.cli import main
+
+    def boom(*a, **kw):
+        raise ZeroDivisionError('planted bug')
+
+    monkeypatch.setattr(cvbench.runs, 'report_run', boom)
+    assert main(['report', str(tmp_path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == 'cvbench: internal error: ZeroDivisionError: planted bug'
+    tb = Path(err[1].split('traceback: ')[1].rstrip(')'))
+    assert 'Traceback' in tb.read_text() and 'boom' in tb.read_text()
+    assert main(['--debug', 'report', str(tmp_path)]) == 3
+    assert 'Traceback (most recent call last)' in capsys.readouterr().err
+
+
+def test_unknown_task_is_a_usage_error(tiny, tmp_path):
+    r = cli('run', *tiny, 'task=segmentaton', cwd=tmp_path, check=2)
+    assert 'unknown task `segmentaton`; cvbench knows classification' in r.stderr
+    assert not (tmp_path / 'runs').exists()  # no run folder for a run that never started

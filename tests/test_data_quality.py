@@ -77,6 +77,9 @@ def test_leakage_and_duplicate_aware_split(tmp_path):
     )  # re-split everything: duplicates must land together
     s = load_samples_table(tmp_path / 'split.parquet').df.set_index('path').split
     assert s['train/a/3.png'] == s['valid/a/leak.png']
+    # --no-dedup splits without the scan (it once crashed: `pd` undefined)
+    out = cli('data', 'split', root, '--out', tmp_path / 'plain.parquet', '--no-dedup', check=0).stdout
+    assert 'no dedup' in out and len(load_samples_table(tmp_path / 'plain.parquet')) == 33
 
 
 def test_version_and_diff(tmp_path):
