@@ -103,10 +103,6 @@ def eval_settings(e: EvalConfig) -> dict:
                 min_slice_count=e.min_slice_count, slice_columns=e.slice_columns, n_clusters=e.n_clusters)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else name
 
 # %% ../nbs/53_tasks.ipynb #a030f37c
 class Classification(Task):
@@ -140,6 +136,7 @@ def _predict(self: Classification, checkpoint, samples, cfg):
     from cvbench.models import load_checkpoint
     from cvbench.transforms import load_spec
     from cvbench.evaluate.predict import predict_samples
+    from cvbench.train.learner import resolve_device
 
     model, cm = load_checkpoint(checkpoint)
     unknown = sorted(set(samples.df['label'].astype(str)) - set(cm['classes']))
@@ -148,7 +145,7 @@ def _predict(self: Classification, checkpoint, samples, cfg):
                         f'({cm["classes"][:10]}); evaluate on data with the same classes')
     samples = Samples(samples.df, samples.root, samples.task, cm['classes'], samples.skipped, samples.name)
     spec = load_spec(cm['preprocess'])
-    ledger = predict_samples(model, samples, spec, cfg.train.batch_size, _device(cfg.train.device), embed=True)
+    ledger = predict_samples(model, samples, spec, cfg.train.batch_size, resolve_device(cfg.train.device), embed=True)
     return ledger, samples, dict(classes=cm['classes'], model=cm['arch'])
 
 

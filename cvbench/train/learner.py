@@ -21,8 +21,8 @@ from ..models import create_model, body_head_splitter, save_checkpoint
 from ..transforms import PreprocessSpec, SpecImageDataset, spec_batch_tfms, spec_from_config
 
 # %% auto #0
-__all__ = ['log', 'prepare_samples', 'build_dataloaders', 'ReplaySeed', 'RunCheckpoint', 'build_learner', 'train',
-           'load_resume_state', 'load_best']
+__all__ = ['log', 'prepare_samples', 'build_dataloaders', 'ReplaySeed', 'RunCheckpoint', 'resolve_device', 'build_learner',
+           'train', 'load_resume_state', 'load_best']
 
 # %% ../../nbs/22_train.learner.ipynb #b0817940
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class RunCheckpoint(Callback):
             pd.DataFrame(self.history).to_csv(t, index=False)
 
 # %% ../../nbs/22_train.learner.ipynb #d39bad76
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    "The torch device `name` names (`auto`: CUDA if present); a clear error for CUDA on a machine without it."
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if name.startswith('cuda') and not torch.cuda.is_available():
@@ -170,7 +171,7 @@ def _device(name: str) -> torch.device:
 def build_learner(cfg: Config, samples: Samples, spec: PreprocessSpec, cbs=None) -> Learner:
     "A fastai `Learner` over the timm model of `cfg`, with body/classifier groups and accuracy."
     t = cfg.train
-    dev = _device(t.device)
+    dev = resolve_device(t.device)
     seed_everything(cfg.seed)
     dls = build_dataloaders(samples, spec, t.batch_size, t.augment, t.flip, t.max_rotate, cfg.seed, t.num_workers, dev)
     model = create_model(cfg.model.name, len(samples.classes), cfg.model.pretrained)
