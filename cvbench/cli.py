@@ -85,7 +85,7 @@ def _cmd_data_check(a):
 def _cmd_data_split(a):
     dedup = not a.no_dedup
     s = runs.data_split(a.source, a.out, a.root, a.valid_pct, a.test_pct, a.group, dedup, a.near_radius, a.seed)
-    how = ('duplicate-aware' if not a.no_dedup else 'no dedup') + (f', grouped by {a.group}' if a.group else '')
+    how = ('duplicate-aware' if dedup else 'no dedup') + (f', grouped by {a.group}' if a.group else '')
     print(f'splits {s.split_counts()} ({how}): {a.out}')
 
 def _cmd_data_version(a):
@@ -131,7 +131,8 @@ def _arg(*names, **kw) -> tuple:
     "One argument of a subcommand: `add_argument`'s positional names and keywords."
     return names, kw
 
-CFG_HELP = 'a YAML config (default: the bundled quickstart) and/or key=value overrides, e.g. train.epochs=3'
+CFG_HELP = ('a YAML config (default: the bundled quickstart) and/or key=value overrides, '
+            'e.g. train.epochs=3 model.name=resnet10t')
 SOURCE_HELP = 'bundled name (digits, mnist), ImageFolder folder, CSV manifest or samples parquet'
 ROOT = _arg('--root', help='image root for a CSV manifest')
 PACKAGE = _arg('package', help='a package folder from `cvbench export`')
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cvbench import __version__
     p = argparse.ArgumentParser(prog='cvbench', description='A notebook-first workbench for computer vision.')
     p.add_argument('--version', action='version', version=f'cvbench {__version__}')
-    p.add_argument('--debug', action='store_true', help='print the full traceback of an unexpected error')
+    p.add_argument('--debug', action='store_true', help='print the traceback of an unexpected error (before COMMAND)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     _add_commands(sub, PIPELINE)
     _add_commands(sub, SHIP)
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger('cvbench').setLevel(logging.INFO)
     try:
         return a.fn(a) or 0
-    except CvbenchError as e:
+    except (CvbenchError, OSError) as e:  # OSError: a file or folder the user named (unwritable, missing, full disk)
         print(f'cvbench: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -407,7 +407,7 @@ def require(self: RunDir, key: str, hint: str = '') -> Path:
     "The path of file `key`; raise `CvbenchError` naming the file and `hint` (how to make it) if it is missing."
     if not self.path.is_dir():
         raise CvbenchError(f'run directory {self.path} does not exist; '
-                           'pass a folder that `cvbench run` created (see runs/)')
+                           'pass a folder that `cvbench run` or `cvbench train` created (see runs/)')
     p = getattr(self, key)
     if not p.exists():
         raise CvbenchError(f'{self.path} has no {RUN_FILES[key]}' + (f'; {hint}' if hint else ''))
@@ -444,7 +444,7 @@ def _run_config(self: RunDir) -> Config:
     return load_config(self.require('config', 'pass a folder that `cvbench run` or `cvbench train` created'))
 
 
-RunDir.load_config = _run_config
+RunDir.load_config = _run_config  # assigned, not `@patch`ed: that would rebind the module's `load_config`
 
 # %% ../nbs/00_core.ipynb #92c2f179
 class LazyModule:

@@ -91,13 +91,13 @@ def evaluate_checkpoint(
     "Predict `samples` with `checkpoint`; write the ledger and the evaluation into `out_dir`; return both."
     cfg = cfg or Config()
     task = get_task(samples.task)
-    ledger, samples, model = task.predict(checkpoint, task.check_samples(samples), cfg)
+    ledger, samples, info = task.predict(checkpoint, task.check_samples(samples), cfg)
     out = RunDir(out_dir)
     data_version = data_version or samples.version
-    save_ledger(ledger, out.predictions, model['classes'], task.name, image_root=str(samples.root),
-                data_version=data_version, checkpoint=str(checkpoint), model=model['model'], **meta)
-    ev = task.evaluate(ledger, model['classes'], samples.df, cfg)
-    task.save_evaluation(ev, out.path, data_version=data_version, model=model['model'],
+    save_ledger(ledger, out.predictions, info['classes'], task.name, image_root=str(samples.root),
+                data_version=data_version, checkpoint=str(checkpoint), model=info['model'], **meta)
+    ev = task.evaluate(ledger, info['classes'], samples.df, cfg)
+    task.save_evaluation(ev, out.path, data_version=data_version, model=info['model'],
                          skipped_at_predict=ledger.attrs['skipped'])
     return ledger, ev
 
@@ -240,6 +240,7 @@ def report_run(
     rep = rd.report if rd.path.is_dir() else rd.path.with_name(f'{rd.path.stem}-report')  # a bare ledger: beside it
     cfg = rd.load_config() if rd.has('config') else Config()
     task = get_task(meta['task'])
+    task.check_ledger(ledger, meta)
     ev = ev if ev is not None else task.evaluate(ledger, meta['classes'], samples_df, cfg)
     comparison = None
     if baseline:
@@ -448,8 +449,10 @@ def dataset_manifest(x: str, root: str | None = None) -> pd.DataFrame:
     p = Path(x)
     if str(x).endswith('.csv') and not p.exists():
         raise CvbenchError(f'manifest {x} does not exist; write one with `cvbench data version DATASET --out {x}`')
-    if p.suffix == '.csv' and p.is_file() and p.open('rb').read(18) == b'# cvbench manifest':
-        return read_manifest(p)
+    if p.suffix == '.csv' and p.is_file():
+        with p.open('rb') as f:
+            if f.read(18) == b'# cvbench manifest':
+                return read_manifest(p)
     return manifest(load_dataset(x, root))
 
 # %% ../nbs/55_runs.ipynb #c41769e6

@@ -75,7 +75,7 @@ def _check_samples(self: Task, samples: Samples) -> Samples:
 
 def _check_ledger(self: Task, ledger: pd.DataFrame, meta: dict) -> pd.DataFrame:
     "Raise `LedgerError` unless `ledger` (with its metadata `meta`) follows this task's schema."
-    return check_ledger(ledger, meta['classes'], meta.get('path', 'the ledger'))
+    return check_ledger(ledger, meta['classes'])
 
 
 Task.check_samples, Task.check_ledger = _check_samples, _check_ledger

@@ -108,3 +108,11 @@ def test_unknown_task_is_a_usage_error(tiny, tmp_path):
     r = cli('run', *tiny, 'task=segmentaton', cwd=tmp_path, check=2)
     assert 'unknown task `segmentaton`; cvbench knows classification' in r.stderr
     assert not (tmp_path / 'runs').exists()  # no run folder for a run that never started
+
+
+def test_an_unwritable_output_is_a_usage_error(tmp_path):
+    "An output path the system refuses (here: under a file) is exit 2 with the path named, not a traceback."
+    folder = make_imagefolder(tmp_path / 'ds', {'a': 2, 'b': 2})
+    (tmp_path / 'afile').write_text('not a folder')
+    r = cli('data', 'version', folder, '--out', tmp_path / 'afile' / 'manifest.csv', check=2)
+    assert r.stderr.startswith('cvbench: error:') and 'afile' in r.stderr and 'Traceback' not in r.stderr
