@@ -138,7 +138,7 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, name: str) -> dict:
 def parity_check(
     model, spec: PreprocessSpec, paths: list, exports: dict, serving_spec: PreprocessSpec | None = None
 ) -> pd.DataFrame:
-    "Training pipeline + PyTorch vs serving preprocessing + each export (`name → file`); `serving_spec`: a bad server."
+    "Training pipeline + PyTorch vs serving preprocessing + each export (`name: file`); `serving_spec`: a bad server."
     ref = training_side(model, spec, paths)
     x = serving_inputs(serving_spec or spec, paths)
     with torch.no_grad():
@@ -174,7 +174,7 @@ def _quick_latency(onnx_path, spec: PreprocessSpec, threads: int = 2) -> dict:
 
 # %% ../../nbs/41_deploy.export.ipynb #045d4232
 def _stage_models(model, spec: PreprocessSpec, checkpoint: Path, pk: PackageDir, formats: tuple) -> dict:
-    "Copy the weights and the spec into the staged package `pk`, export `formats`; return `name → file` of the exports."
+    "Copy the weights and the spec into the staged package `pk`, export `formats`; return the exports' files by name."
     shutil.copy(checkpoint, pk.model)
     spec.save(pk.preprocess)
     exports = {}
