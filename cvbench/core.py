@@ -6,8 +6,8 @@ Docs: https://cvbench.github.io/cvbench/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #f5b7747e
 from __future__ import annotations
-import datetime, difflib, hashlib, importlib, json, os, platform, random, subprocess
-import sys, tempfile, types, typing
+import datetime, difflib, errno, hashlib, importlib, json, os, platform, random, subprocess
+import shutil, sys, tempfile, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
@@ -15,10 +15,10 @@ import numpy as np, yaml
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'markdown_table',
-           'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig', 'EvalConfig', 'Config',
-           'parse_overrides', 'load_config', 'config_to_dict', 'save_config', 'seed_everything', 'file_digest',
-           'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule', 'environment_info', 'save_benchmark']
+__all__ = ['RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'atomic_dir', 'write_text', 'write_json', 'read_json',
+           'markdown_table', 'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig',
+           'EvalConfig', 'Config', 'parse_overrides', 'load_config', 'config_to_dict', 'save_config', 'seed_everything',
+           'file_digest', 'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule', 'environment_info', 'save_benchmark']
 
 # %% ../nbs/00_core.ipynb #6dd4732f
 class CvbenchError(Exception):
@@ -28,22 +28,85 @@ class ConfigError(CvbenchError):
     "A configuration file or override that cvbench cannot use."
 
 # %% ../nbs/00_core.ipynb #5cd6d041
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _umask() -> int:
+    "The process umask (read without changing it for long)."
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(path: Path, e: OSError) -> CvbenchError:
+    return CvbenchError(f'cannot write {path}: {e.strerror or e}; free some space or choose a writable folder')
+
+
 @contextmanager
 def atomic_path(
     path: str | Path,  # final destination
 ) -> Path:
     "Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from e
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the user's umask
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            raise _write_error(path, e) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _swap_in(new: Path, path: Path, old: Path):
+    "Rename `new` onto `path`; an existing `path` is parked at `old` and removed only once `new` is in place."
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    try:
+        new.rename(path)
+    except OSError:
+        if old.exists():
+            old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(
+    path: str | Path,  # final folder; replaced whole only if the block succeeds
+) -> Path:
+    "Yield a temporary folder beside `path`; swap it in for `path` only if the block succeeds."
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
+    except OSError as e:
+        raise _write_error(path, e) from e
+    old = path.with_name(f'.{path.name}.old')
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        _swap_in(tmp, path, old)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            raise _write_error(path, e) from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 
 # %% ../nbs/00_core.ipynb #bd7b2b93
 def write_text(path: str | Path, text: str) -> Path:
