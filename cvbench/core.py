@@ -15,10 +15,11 @@ import numpy as np, yaml
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'atomic_dir', 'write_text', 'write_json', 'read_json',
-           'markdown_table', 'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig',
-           'EvalConfig', 'Config', 'parse_overrides', 'load_config', 'config_to_dict', 'save_config', 'seed_everything',
-           'file_digest', 'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule', 'environment_info', 'save_benchmark']
+__all__ = ['CONFIG_RULES', 'RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'atomic_dir', 'write_text', 'write_json',
+           'read_json', 'markdown_table', 'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig',
+           'EvalConfig', 'Config', 'parse_overrides', 'check_config', 'load_config', 'config_to_dict', 'save_config',
+           'seed_everything', 'file_digest', 'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule', 'environment_info',
+           'save_benchmark']
 
 # %% ../nbs/00_core.ipynb #6dd4732f
 class CvbenchError(Exception):
@@ -326,8 +327,60 @@ def parse_overrides(overrides: list[str]) -> dict:
     for o in overrides or []:
         if '=' not in o: raise ConfigError(f'override `{o}` must look like `key=value`, e.g. `train.epochs=3`')
         k, v = o.split('=', 1)
-        _set_dotted(out, k.strip(), yaml.safe_load(v) if v.strip() else None)
+        try:
+            value = yaml.safe_load(v) if v.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f'override `{o}`: `{v}` is not a value; quote text, write lists as [1, 2]') from None
+        _set_dotted(out, k.strip(), value)
     return out
+
+# %% ../nbs/00_core.ipynb #fcae74e7
+def _pos(v) -> bool: return v > 0
+def _nonneg(v) -> bool: return v >= 0
+def _finite_pos(v) -> bool: return bool(np.isfinite(v)) and v > 0
+def _rgb(v) -> bool: return len(v) == 3 and all(np.isfinite(x) for x in v)
+
+CONFIG_RULES = {  # dotted key: (check, what a valid value is); None values skip the check
+    'name': (lambda v: bool(v.strip()) and '/' not in v, 'a non-empty name without `/` (it names the run folder)'),
+    'seed': (_nonneg, 'a non-negative integer'),
+    'data.valid_pct': (lambda v: 0 < v < 1, 'a fraction strictly between 0 and 1, e.g. 0.2'),
+    'preprocess.size': (lambda v: 8 <= v <= 4096, 'an image side between 8 and 4096 pixels'),
+    'preprocess.resize': (lambda v: v in ('squash', 'crop', 'pad'), 'one of `squash`, `crop`, `pad`'),
+    'preprocess.mean': (_rgb, 'three finite numbers, one per RGB channel'),
+    'preprocess.std': (lambda v: _rgb(v) and all(x > 0 for x in v), 'three positive numbers, one per RGB channel'),
+    'train.epochs': (_pos, 'at least 1'),
+    'train.batch_size': (_pos, 'at least 1'),
+    'train.lr': (_finite_pos, 'a positive finite learning rate, typically 1e-4 to 1e-2'),
+    'train.weight_decay': (lambda v: bool(np.isfinite(v)) and v >= 0, 'zero or a positive finite number'),
+    'train.freeze_epochs': (_nonneg, 'zero or more'),
+    'train.max_rotate': (lambda v: 0 <= v <= 180, 'degrees between 0 and 180'),
+    'train.num_workers': (_nonneg, 'zero (load in the main process) or more'),
+    'train.device': (lambda v: v in ('auto', 'cpu', 'cuda', 'mps') or v.startswith('cuda:'),
+                     '`auto`, `cpu`, `cuda`, `cuda:N` or `mps`'),
+    'eval.top_k': (_pos, 'at least 1'),
+    'eval.n_worst': (_nonneg, 'zero or more images'),
+    'eval.n_resamples': (lambda v: v >= 10, 'at least 10 bootstrap resamples (1000 is the default)'),
+    'eval.target_recall': (lambda v: 0 < v <= 1, 'a recall in (0, 1]'),
+    'eval.n_bins': (lambda v: v >= 2, 'at least 2 bins'),
+    'eval.min_slice_count': (_pos, 'at least 1 image'),
+    'eval.n_clusters': (_pos, 'at least 1 cluster, or null for the default'),
+}
+
+
+def _dotted(obj, key: str):
+    for part in key.split('.'):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_config(cfg: Config) -> Config:
+    "Check every value of `cfg` against `CONFIG_RULES`; raise `ConfigError` naming the first bad field and its range."
+    for key, (ok, want) in CONFIG_RULES.items():
+        v = _dotted(cfg, key)
+        if v is not None and not ok(v):
+            raise ConfigError(f'`{key}` must be {want}; got {v!r}')
+    return cfg
+
 
 # %% ../nbs/00_core.ipynb #f4ace8e0
 def _merge(base: dict, upd: dict) -> dict:
@@ -336,6 +389,17 @@ def _merge(base: dict, upd: dict) -> dict:
     for k, v in upd.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        dup = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ConfigError(f'key `{dup[0]}` is given twice (line {node.start_mark.line + 1}); keep one')
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(
@@ -349,11 +413,11 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f'config file {path} does not exist; pass a YAML file, or no config for the quickstart')
         try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+            d = yaml.load(path.read_text(encoding='utf-8-sig'), Loader=_UniqueKeyLoader) or {}
+        except (yaml.YAMLError, ConfigError, UnicodeDecodeError) as e:
             raise ConfigError(f'{path} is not valid YAML: {e}') from None
     try:
-        return _from_dict(Config, _merge(d, parse_overrides(overrides)))
+        return check_config(_from_dict(Config, _merge(d, parse_overrides(overrides))))
     except ConfigError as e:
         raise ConfigError(f'{path}: {e}' if path else str(e)) from None
 

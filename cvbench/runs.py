@@ -17,23 +17,29 @@ from .evaluate.ledger import LedgerError, read_ledger, save_ledger, ledger_probs
 from .tasks import get_task
 
 # %% auto #0
-__all__ = ['log', 'start_run', 'train_run', 'evaluate_checkpoint', 'evaluate_run', 'evaluate', 'open_evaluation', 'compare_runs',
-           'publish_report', 'report_run', 'run', 'run_summary', 'run_seeds', 'ledger_probs_for', 'quality_thresholds',
-           'data_check', 'exclude_issues', 'write_clean', 'fails', 'data_split', 'dataset_manifest', 'data_version',
-           'data_diff', 'data_datasheet', 'export_run', 'predict_folder', 'bench_run', 'quantize_run', 'predict_images',
-           'serve_package', 'promotion_ids', 'promote_run']
+__all__ = ['log', 'resumable', 'start_run', 'train_run', 'evaluate_checkpoint', 'evaluate_run', 'evaluate', 'open_evaluation',
+           'compare_runs', 'publish_report', 'report_run', 'run', 'run_summary', 'run_seeds', 'ledger_probs_for',
+           'quality_thresholds', 'data_check', 'exclude_issues', 'write_clean', 'fails', 'data_split',
+           'dataset_manifest', 'data_version', 'data_diff', 'data_datasheet', 'export_run', 'predict_folder',
+           'bench_run', 'quantize_run', 'predict_images', 'serve_package', 'promotion_ids', 'promote_run']
 
 # %% ../nbs/55_runs.ipynb #36419b2f
 log = logging.getLogger('cvbench')
 
 
+def resumable(run_dir: str | Path) -> RunDir:
+    "The run directory `run_dir`, checked before any heavy import: it must exist and hold a config."
+    rd = RunDir(run_dir)
+    if not rd.has('config'):
+        raise CvbenchError(f'{rd.path} is not a run directory (no {rd.config.name}); '
+                           'pass the folder `cvbench run` created')
+    return rd
+
+
 def start_run(cfg: Config | None, resume: str | Path | None) -> tuple[Config, RunDir, Samples]:
     "Config, run directory and samples of a new run (the folder is created once the data is ready) or a resumed one."
     if resume is not None:
-        rd = RunDir(resume)
-        if not rd.has('config'):
-            raise CvbenchError(f'{rd.path} is not a run directory (no {rd.config.name}); '
-                               'pass the folder `cvbench run` created')
+        rd = resumable(resume)
         return rd.load_config(), rd, load_samples_table(rd.samples)
     cfg = cfg or Config()
     samples = get_task(cfg.task).prepare(cfg)
@@ -70,9 +76,9 @@ def train_run(
     cbs: list | None = None,  # extra fastai callbacks
 ) -> Path:
     "Train a new run (or resume one); return its run directory, which then holds `model.safetensors`."
+    cfg, rd, samples = start_run(cfg, resume)
     from cvbench.train.tracking import start_tracking
 
-    cfg, rd, samples = start_run(cfg, resume)
     tracker = start_tracking(cfg, rd.path, resume=resume is not None)
     try:
         return _train_in(cfg, rd, samples, tracker, cbs)
@@ -266,10 +272,13 @@ def run(
     cbs: list | None = None,  # extra fastai callbacks
 ) -> Path:
     "Train, evaluate and report one run; return its run directory."
+    t0 = time.time()
+    if resume is not None and resumable(resume).status.get('status') == 'complete':
+        log.warning(f'{resume} is already complete; nothing to do (start a new run to train again)')
+        return RunDir(resume).path
+    cfg, rd, samples = start_run(cfg, resume)
     from cvbench.train.tracking import start_tracking, log_images
 
-    t0 = time.time()
-    cfg, rd, samples = start_run(cfg, resume)
     tracker = start_tracking(cfg, rd.path, resume=resume is not None)
     try:
         _train_in(cfg, rd, samples, tracker, cbs)

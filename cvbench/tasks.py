@@ -13,7 +13,8 @@ from .data.samples import Samples, DataError
 from .evaluate.ledger import LEDGER_COLUMNS, check_ledger
 
 # %% auto #0
-__all__ = ['TASKS', 'Task', 'register_task', 'get_task', 'eval_settings', 'Classification']
+__all__ = ['TASKS', 'Task', 'register_task', 'get_task', 'eval_settings', 'check_sources', 'check_training_classes',
+           'Classification']
 
 # %% ../nbs/53_tasks.ipynb #a8c4257d
 class Task:
@@ -105,6 +106,36 @@ def eval_settings(e: EvalConfig) -> dict:
 
 
 # %% ../nbs/53_tasks.ipynb #a030f37c
+def check_sources(cfg: Config) -> Config:
+    "Check that the data source and the pretrained weights file exist, before any heavy import or data scan."
+    from cvbench.data.datasets import BUNDLED
+
+    src = cfg.data.source
+    if src not in BUNDLED and not Path(src).exists():
+        raise DataError(f'`data.source`: {src} does not exist; give a bundled dataset name '
+                        f'({", ".join(BUNDLED)}), an ImageFolder folder, a CSV manifest or a samples .parquet')
+    pretrained = cfg.model.pretrained
+    if pretrained not in (None, 'bundled') and not Path(pretrained).is_file():
+        raise ConfigError(f'`model.pretrained`: weights file {pretrained} does not exist; '
+                          'pass a local .safetensors/.pth file, `bundled`, or null to train from scratch')
+    return cfg
+
+
+def check_training_classes(samples: Samples) -> Samples:
+    "Refuse a split a classifier cannot learn: one class only, or validation/test classes that training lacks."
+    df = samples.df
+    train = set(df.loc[df['split'] == 'train', 'label'].astype(str))
+    if len(train) < 2:
+        raise DataError(f'training has {len(train)} class(es) {sorted(train)}; a classifier needs at least 2: '
+                        'add images of another class, or check the labels')
+    unseen = sorted(set(df.loc[df['split'] != 'train', 'label'].astype(str)) - train)
+    if unseen:
+        n = int(df['label'].astype(str).isin(unseen).sum())
+        raise DataError(f'class(es) {unseen[:5]} ({n} images) appear only outside the training split, so the model '
+                        'could never predict them; move some of their images into `train` or drop them')
+    return samples
+
+
 class Classification(Task):
     "One class label per image: timm + fastai training, a probability per class in the ledger."
 
@@ -115,9 +146,12 @@ class Classification(Task):
     summary_keys = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1', 'kappa', 'log_loss', 'top5_accuracy')
 
     def prepare(self, cfg):
+        check_sources(cfg)
+        from cvbench.models import check_model_name
         from cvbench.train.learner import prepare_samples
 
-        return prepare_samples(cfg)
+        check_model_name(cfg.model.name)  # before the data scan, not after it
+        return check_training_classes(prepare_samples(cfg))
 
     def train(self, cfg, samples, run_dir, resume=False, cbs=None):
         from cvbench.train.learner import train
