@@ -7,23 +7,39 @@ Docs: https://cvbench.github.io/cvbench/evaluate.classification.html.md"""
 # %% ../../nbs/31_evaluate.classification.ipynb #6177ee66
 from __future__ import annotations
 from dataclasses import dataclass
+import logging, warnings
 import numpy as np, pandas as pd
 from sklearn import metrics as skm
 from ..core import markdown_table
 from .ledger import ledger_probs, LedgerError
+log = logging.getLogger(__name__)
+
 
 # %% auto #0
-__all__ = ['check_ledger', 'per_sample_log_loss', 'ClassificationMetrics', 'classification_metrics', 'class_curves',
-           'threshold_table', 'operating_point', 'operating_points', 'multilabel_metrics']
+__all__ = ['log', 'check_ledger', 'per_sample_log_loss', 'top_k_hits', 'ClassificationMetrics', 'classification_metrics',
+           'class_curves', 'threshold_table', 'operating_point', 'operating_points', 'multilabel_metrics']
 
 # %% ../../nbs/31_evaluate.classification.ipynb #6abc094f
-def check_ledger(ledger: pd.DataFrame, classes: list[str], atol: float = 1e-4) -> np.ndarray:
-    "Validate labels and probabilities of a classification ledger; return the probability matrix."
+def _check_rows(ledger: pd.DataFrame, classes: list[str]):
+    "Raise `LedgerError` on an empty ledger, unlabelled rows, duplicate ids or values outside the class list."
+    if not len(ledger):
+        raise LedgerError('the ledger has no rows: there is nothing to evaluate; check that its images were readable')
+    unlabelled = int((ledger['label'].astype(str) == '').sum())
+    if unlabelled:
+        raise LedgerError(f'{unlabelled} ledger row(s) have no label (a `cvbench predict` ledger of unlabelled images); '
+                          'metrics, reports and comparisons need labelled images: predict an ImageFolder instead')
+    dup = ledger['image_id'].astype(str).duplicated()
+    if dup.any():
+        raise LedgerError(f'{int(dup.sum())} duplicate image_id(s) in the ledger, e.g. '
+                          f'{ledger["image_id"][dup].astype(str).tolist()[:3]}; each image must appear once')
     for col in ('label', 'pred'):
         unknown = sorted(set(ledger[col].astype(str)) - set(classes))
         if unknown:
             raise LedgerError(f'ledger column `{col}` has values {unknown[:5]} outside the class list {classes[:10]}')
-    p = ledger_probs(ledger, classes)
+
+
+def _check_probs(p: np.ndarray, atol: float):
+    "Raise `LedgerError` unless every row of `p` is a finite, non-negative distribution."
     if not np.isfinite(p).all():
         raise LedgerError(
             f'ledger has {int((~np.isfinite(p)).sum())} NaN or infinite probabilities '
@@ -37,7 +53,21 @@ def check_ledger(ledger: pd.DataFrame, classes: list[str], atol: float = 1e-4) -
             f'{int(off.sum())} ledger row(s) have probabilities that do not sum to 1 '
             f'(first: row {int(np.flatnonzero(off)[0])}, sum {p.sum(1)[off][0]:.4f}); write softmax outputs'
         )
+
+
+def check_ledger(ledger: pd.DataFrame, classes: list[str], atol: float = 1e-4) -> np.ndarray:
+    "Validate labels and probabilities of a classification ledger; return the probability matrix."
+    _check_rows(ledger, classes)
+    p = ledger_probs(ledger, classes)
+    _check_probs(p, atol)
+    idx = ledger['pred'].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    odd = p[np.arange(len(p)), idx] < p.max(1) - atol  # `pred` is not a most probable class (ties are fine)
+    if odd.any():
+        log.warning(f'{int(odd.sum())} of {len(p)} ledger row(s) have a `pred` that is not their most probable class '
+                    f'(first: {ledger["image_id"].astype(str).iloc[int(np.flatnonzero(odd)[0])]}); accuracy and F1 '
+                    'use `pred`, top-k and AUC use the probabilities, so they describe different decisions')
     return p
+
 
 # %% ../../nbs/31_evaluate.classification.ipynb #a3c1fc48
 def per_sample_log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -52,6 +82,12 @@ def _ovr(score_fn, y: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
         pos = y == c
         if 0 < pos.sum() < len(y): out[c] = score_fn(pos, p[:, c])
     return out
+
+
+def top_k_hits(p: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    "Whether each row's true class is among its `k` most probable; ties go to the lower class index, as `argmax` does."
+    return (np.argsort(-p, axis=1, kind='stable')[:, :k] == y[:, None]).any(1)
+
 
 # %% ../../nbs/31_evaluate.classification.ipynb #10898e72
 @dataclass
@@ -111,7 +147,13 @@ class ClassificationMetrics:
 def classification_metrics(
     ledger: pd.DataFrame, classes: list[str], top_k: int | list[int] = 5
 ) -> ClassificationMetrics:
-    "Metrics of a classification ledger, by scikit-learn."
+    "Metrics of a classification ledger, by scikit-learn (its warnings on one-class or one-image ledgers silenced)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # scikit-learn's "single label", "undefined kappa", ...
+        return _metrics(ledger, classes, top_k)
+
+
+def _metrics(ledger: pd.DataFrame, classes: list[str], top_k: int | list[int]) -> ClassificationMetrics:
     p = check_ledger(ledger, classes)
     idx, k = {c: i for i, c in enumerate(classes)}, len(classes)
     y, yhat, labels = (
@@ -145,7 +187,7 @@ def classification_metrics(
         float(skm.balanced_accuracy_score(y, yhat)),
         float(skm.cohen_kappa_score(y, yhat)),
         float(per_sample_log_loss(p, y).mean()),
-        {kk: float(skm.top_k_accuracy_score(y, p, k=kk, labels=labels)) for kk in ks},
+        {kk: float(top_k_hits(p, y, kk).mean()) for kk in ks},
         avg('macro'),
         avg('weighted'),
         per,

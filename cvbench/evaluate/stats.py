@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 from scipy import stats as sps
 from sklearn import metrics as skm
 from .ledger import LedgerError
-from .classification import check_ledger, per_sample_log_loss
+from .classification import check_ledger, per_sample_log_loss, top_k_hits
 
 # %% auto #0
 __all__ = ['bootstrap_indices', 'confusion_stack', 'metrics_from_confusions', 'bootstrap_metrics', 'point_metrics',
@@ -72,7 +72,7 @@ def bootstrap_metrics(
     out = metrics_from_confusions(confusion_stack(y, yhat, k, idx))
     out['log_loss'] = per_sample_log_loss(p, y)[idx].mean(1)
     if 1 < top_k < k:
-        topk = (np.argsort(-p, 1, kind='stable')[:, :top_k] == y[:, None]).any(1)
+        topk = top_k_hits(p, y, top_k)
         out[f'top{top_k}_accuracy'] = topk[idx].mean(1)
     return pd.DataFrame(out)
 
@@ -85,7 +85,7 @@ def point_metrics(ledger: pd.DataFrame, classes: list[str], top_k: int = 5) -> d
     out = {m: float(v[0]) for m, v in metrics_from_confusions(C).items()}
     out['log_loss'] = float(per_sample_log_loss(p, y).mean())
     if 1 < top_k < k:
-        out[f'top{top_k}_accuracy'] = float((np.argsort(-p, 1, kind='stable')[:, :top_k] == y[:, None]).any(1).mean())
+        out[f'top{top_k}_accuracy'] = float(top_k_hits(p, y, top_k).mean())
     return out
 
 
@@ -117,7 +117,7 @@ def bootstrap_ci(
 def naive_bootstrap_metrics(
     ledger: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0, top_k: int = 5
 ) -> pd.DataFrame:
-    "Reference implementation: one scikit-learn call per resample and metric (slow; for tests and benchmarks)."
+    "Reference: one scikit-learn call per resample and metric (slow; tests, benchmarks); its top-k breaks ties upward."
     p, y, yhat = _codes(ledger, classes)
     labels = np.arange(len(classes))
     rows = []
