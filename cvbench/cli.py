@@ -56,9 +56,12 @@ def _cmd_report(a):
     if out is None and rd.has('config') and rd.has('status_file'):  # keep reports/<run>/ current, as `cvbench run` does
         out = Path(rd.load_config().reports_dir) / rd.name
     files = runs.report_run(a.dir, out, a.baseline, a.gate)
+    c = files.get('comparison')
+    if c is not None:
+        print(c.decision())  # the decision and the failing rules first, as `compare` prints them
     print(f'report: {files["html"]}\nmarkdown: {files["markdown"]}')
-    if 'comparison' in files and len(files['comparison'].checks):
-        return 0 if files['comparison'].passed else 1
+    if c is not None and len(c.checks):
+        return 0 if c.passed else 1
 
 def _cmd_compare(a):
     out = Path(a.out) if a.out else Path('reports') / f'compare-{Path(a.baseline).name}-vs-{Path(a.candidate).name}'
@@ -112,7 +115,7 @@ def _cmd_predict(a):
     led = runs.predict_images(a.package, a.images, a.out, a.backend, a.threads)
     unreadable = f', {len(led.attrs["skipped"])} unreadable' if led.attrs.get('skipped') else ''
     print(f'ledger: {a.out} ({len(led)} images{unreadable})')
-    if len(led) and (led['label'] != '').all():
+    if len(led) and (led['label'] != '').all() and not led.attrs.get('unknown_labels'):
         print(f'accuracy: {(led.label == led.pred).mean():.4f}')
 
 def _cmd_bench(a):

@@ -17,9 +17,9 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['CONFIG_RULES', 'RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'atomic_dir', 'write_text', 'write_json',
            'read_json', 'markdown_table', 'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig',
-           'EvalConfig', 'Config', 'parse_overrides', 'check_config', 'load_config', 'config_to_dict', 'save_config',
-           'seed_everything', 'file_digest', 'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule', 'environment_info',
-           'save_benchmark']
+           'EvalConfig', 'Config', 'parse_overrides', 'check_config', 'read_yaml', 'load_config', 'config_to_dict',
+           'save_config', 'seed_everything', 'file_digest', 'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule',
+           'environment_info', 'save_benchmark']
 
 # %% ../nbs/00_core.ipynb #6dd4732f
 class CvbenchError(Exception):
@@ -152,12 +152,25 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 # %% ../nbs/00_core.ipynb #7977ad88
+def _counts(col) -> bool:
+    "A float column holding whole numbers beyond 0..1 (pixel sizes, counts), not metrics."
+    import pandas as pd
+    if not pd.api.types.is_float_dtype(col):
+        return False
+    v = col.dropna().to_numpy()
+    return len(v) > 0 and bool(np.all(v == np.round(v))) and bool(np.abs(v).max() >= 2)
+
+
 def markdown_table(df, floatfmt: str = '.4f') -> str:
-    "A pipe table of DataFrame `df`, integer columns as integers."
+    "A pipe table of DataFrame `df`, integer columns as integers, no negative zeros."
     import pandas as pd
     d = df.copy()
     for c in d.columns:
         if pd.api.types.is_integer_dtype(d[c]) or pd.api.types.is_bool_dtype(d[c]): d[c] = d[c].astype(object)
+        elif _counts(d[c]):  # widths, counts: `20`, not `20.0000`
+            d[c] = d[c].map(lambda v: '' if pd.isna(v) else int(v)).astype(object)
+        elif pd.api.types.is_float_dtype(d[c]) and floatfmt.endswith('f'):  # no `-0.0000` for a tiny negative
+            d[c] = d[c].round(int(floatfmt[1:-1])) + 0.0
     return d.to_markdown(index=False, floatfmt=floatfmt)
 
 # %% ../nbs/00_core.ipynb #b5dfbcec
@@ -402,6 +415,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def read_yaml(path: str | Path):
+    "Read a YAML file a user wrote (a BOM is fine, a key given twice is not); any failure is a `ConfigError`."
+    try:
+        return yaml.load(Path(path).read_text(encoding='utf-8-sig'), Loader=_UniqueKeyLoader) or {}
+    except (yaml.YAMLError, ConfigError, UnicodeDecodeError) as e:
+        raise ConfigError(f'{path} is not valid YAML: {e}') from None
+
+
 def load_config(
     path: str | Path | None = None,  # YAML file; None for the bundled quickstart
     overrides: list[str] | None = None,  # `key=value` strings with dotted keys
@@ -412,10 +433,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f'config file {path} does not exist; pass a YAML file, or no config for the quickstart')
-        try:
-            d = yaml.load(path.read_text(encoding='utf-8-sig'), Loader=_UniqueKeyLoader) or {}
-        except (yaml.YAMLError, ConfigError, UnicodeDecodeError) as e:
-            raise ConfigError(f'{path} is not valid YAML: {e}') from None
+        d = read_yaml(path)
     try:
         return check_config(_from_dict(Config, _merge(d, parse_overrides(overrides))))
     except ConfigError as e:

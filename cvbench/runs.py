@@ -518,7 +518,7 @@ def _images_to_predict(source: Path) -> tuple[list, list, list, Path]:
 def predict_folder(
     pred,  # a loaded `Predictor`
     source: str | Path,  # an image, a folder of images, or an ImageFolder (labels from class folders)
-    out: str | Path,  # the ledger .parquet to write
+    out: str | Path,  # the ledger to write: `.parquet` (readable by `cvbench report`) or `.csv`
     bs: int = 32,  # images per batch
     progress: bool = True,  # show a progress bar
 ) -> pd.DataFrame:
@@ -538,6 +538,14 @@ def predict_folder(
     rows = pd.DataFrame(dict(image_id=ids, path=rel, split='', label=labels))[ok]
     led = ledger_frame(rows, P[ok], pred.classes)
     led.attrs['skipped'] = [dict(path=r, reason=e) for r, e in zip(rel, errs) if e]
+    unknown = sorted(set(led['label']) - {''} - set(pred.classes))
+    led.attrs['unknown_labels'] = unknown
+    if unknown:
+        log.warning(f'folder class(es) {unknown[:5]} are not classes of the model ({pred.classes[:10]}); '
+                    'their images can never be right, so no accuracy is computed')
+    if Path(out).suffix.lower() == '.csv':
+        write_text(out, led.drop(columns=['embedding'], errors='ignore').to_csv(index=False))
+        return led
     save_ledger(led, out, pred.classes, image_root=str(root), model=pred.manifest['arch'], package=str(pred.package),
                 backend=pred.backend, data_version=None)
     return led
@@ -586,6 +594,8 @@ def predict_images(package: str | Path, images: str | Path, out: str | Path, bac
     "Predict `images` with `package` on `backend` and write the ledger to `out`."
     from cvbench.deploy.predictor import Predictor
 
+    if Path(out).suffix.lower() not in ('.parquet', '.csv'):
+        raise CvbenchError(f'--out {out}: write the predictions to a .parquet ledger or a .csv table')
     return predict_folder(Predictor.load(package, backend, threads), images, out)
 
 # %% ../nbs/55_runs.ipynb #b97b4739
@@ -616,7 +626,13 @@ def promotion_ids(run_dir: str | Path, cluster: int | None = None, ids: str | No
         p = Path(ids)
         if not p.is_file():
             raise CvbenchError(f'id list {p} does not exist; give a text file with one image id per line')
-        return [line.strip() for line in p.read_text().splitlines() if line.strip()], str(p)
+        wanted = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        known = set(open_evaluation(rd.path)[0].image_id.astype(str))
+        unknown = [i for i in wanted if i not in known]
+        if unknown or not wanted:
+            raise CvbenchError(f'{p}: {len(unknown)} of {len(wanted)} id(s) are not images of {rd.name} '
+                               f'(e.g. {unknown[:3]}); list image ids from its predictions, one per line')
+        return wanted, str(p)
     led, _, _ = open_evaluation(rd.path)
     return led.image_id[led.label.astype(str) != led.pred.astype(str)].astype(str).tolist(), f'{rd.name} errors'
 

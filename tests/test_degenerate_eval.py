@@ -19,7 +19,8 @@ def _ledger(labels, preds, classes, conf=0.9, emb=True):
     p = np.full((len(labels), k), (1 - conf) / max(k - 1, 1))
     for i, c in enumerate(preds):
         p[i, classes.index(c)] = conf if k > 1 else 1.0
-    df = pd.DataFrame(dict(image_id=[f'im{i}' for i in range(len(labels))], path=[f'im{i}.png' for i in range(len(labels))],
+    ids = [f'im{i}' for i in range(len(labels))]
+    df = pd.DataFrame(dict(image_id=ids, path=[f'{i}.png' for i in ids],
                            split='valid', label=labels))
     led = ledger_frame(df, p, classes)
     if emb:

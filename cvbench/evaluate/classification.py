@@ -26,8 +26,9 @@ def _check_rows(ledger: pd.DataFrame, classes: list[str]):
         raise LedgerError('the ledger has no rows: there is nothing to evaluate; check that its images were readable')
     unlabelled = int((ledger['label'].astype(str) == '').sum())
     if unlabelled:
-        raise LedgerError(f'{unlabelled} ledger row(s) have no label (a `cvbench predict` ledger of unlabelled images); '
-                          'metrics, reports and comparisons need labelled images: predict an ImageFolder instead')
+        raise LedgerError(f'{unlabelled} ledger row(s) have no label (a `cvbench predict` ledger of '
+                          'unlabelled images); metrics, reports and comparisons need labelled images: '
+                          'predict an ImageFolder instead')
     dup = ledger['image_id'].astype(str).duplicated()
     if dup.any():
         raise LedgerError(f'{int(dup.sum())} duplicate image_id(s) in the ledger, e.g. '

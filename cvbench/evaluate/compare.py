@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-import pandas as pd, yaml
-from ..core import CvbenchError, ConfigError, markdown_table
+import numpy as np, pandas as pd
+from ..core import CvbenchError, ConfigError, markdown_table, read_yaml
 from .ledger import LedgerError
 from .stats import paired_bootstrap, mcnemar, align_ledgers
 from .slices import slice_frame
@@ -34,6 +34,14 @@ def _keys(d, allowed: set, where: str):
     return d
 
 
+def _number(d: dict, key: str, where: str, lo: float, hi: float):
+    "Raise `ConfigError` unless `d[key]` (when given) is a number in `[lo, hi]`."
+    v = d.get(key)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+    if key in d and not ok:
+        raise ConfigError(f'gate: `{where}.{key}` must be a number between {lo} and {hi}; got {v!r}')
+
+
 def load_gate(src: str | Path | dict) -> dict:
     "Read and check a gate (YAML file or dict)."
     if isinstance(src, dict):
@@ -42,28 +50,43 @@ def load_gate(src: str | Path | dict) -> dict:
         p = Path(src)
         if not p.is_file():
             raise ConfigError(f'gate file {p} does not exist')
-        try:
-            g = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f'gate file {p} is not valid YAML: {e}') from None
+        g = read_yaml(p)
     _keys(g, _SECTIONS, 'gate')
-    for m, rule in (g.get('metrics') or {}).items():
+    for m, rule in _keys(g.get('metrics') or {}, set(GATE_METRICS) | set(g.get('metrics') or {}), 'metrics').items():
         if m not in GATE_METRICS:
             raise ConfigError(f'gate: unknown metric `{m}`; known: {", ".join(GATE_METRICS)}')
         _keys(rule, {'max_drop'}, f'metrics.{m}')
+        _number(rule, 'max_drop', f'metrics.{m}', 0, 1)
     if 'slices' in g:
         s = _keys(g['slices'], {'metric', 'max_drop', 'min_count', 'columns'}, 'slices')
+        _number(s, 'max_drop', 'slices', 0, 1)
+        _number(s, 'min_count', 'slices', 1, float('inf'))
         if s.get('metric', 'accuracy') not in GATE_METRICS:
             raise ConfigError(f'gate: unknown slice metric `{s["metric"]}`; known: {", ".join(GATE_METRICS)}')
     for i, op in enumerate(g.get('operating_points') or []):
         _keys(op, {'class', 'recall', 'max_fpr'}, f'operating_points[{i}]')
         if not {'class', 'recall', 'max_fpr'} <= set(op):
             raise ConfigError(f'gate: operating_points[{i}] needs class, recall and max_fpr')
+        _number(op, 'recall', f'operating_points[{i}]', 0, 1)
+        _number(op, 'max_fpr', f'operating_points[{i}]', 0, 1)
     if 'regression_sets' in g:
         _keys(g['regression_sets'], {'min_accuracy'}, 'regression_sets')
+        _number(g['regression_sets'], 'min_accuracy', 'regression_sets', 0, 1)
     return g
 
 # %% ../../nbs/38_evaluate.compare.ipynb #e21580d8
+def _num(v) -> str:
+    "A gate number as a reader expects it: 4 decimals, no `-0.0000`, `n/a` for NaN."
+    v = float(v)
+    return 'n/a' if np.isnan(v) else f'{v + 0.0:.4f}'.replace('-0.0000', '0.0000')
+
+
+def _shown_checks(ch: pd.DataFrame) -> pd.DataFrame:
+    "Gate checks for reading: `pass`/`FAIL` words instead of booleans, numbers without `-0.0000`."
+    return ch.assign(result=np.where(ch.passed.astype(bool), 'pass', 'FAIL'), value=ch.value.map(_num),
+                     limit=ch.limit.map(_num)).drop(columns='passed')[['rule', 'result', 'value', 'limit', 'detail']]
+
+
 @dataclass
 class Comparison:
     "The result of `compare`: tables, gate checks and the decision."
@@ -88,25 +111,31 @@ class Comparison:
             notes=self.notes,
         )
 
+    def decision(self) -> str:
+        "The decision and the rules that failed, in a few lines: what CI logs and the report shows first."
+        if not len(self.checks):
+            return '**No gate given: report only.**'
+        failed = self.checks[~self.checks.passed.astype(bool)]
+        lines = [f'**Decision: {"PASS" if self.passed else "FAIL"}**']
+        for r in failed.itertuples():
+            lines.append(f'- FAILED {r.rule}: {_num(r.value)} (limit {_num(r.limit)}); {r.detail}')
+        return '\n'.join(lines)
+
     def to_markdown(self) -> str:
-        out = [
-            f'**Decision: {"PASS" if self.passed else "FAIL"}**'
-            if len(self.checks)
-            else '**No gate given: report only.**',
-            '',
-        ]
+        out = [self.decision(), '']
         out += [n for n in self.notes] + ([''] if self.notes else [])
         out += [
             '### Metrics (candidate − baseline, paired bootstrap 95 % interval)',
             '',
             markdown_table(self.metrics.drop(columns='higher_is_better')),
             '',
-            f'McNemar (accuracy): baseline-only right {self.mcnemar["only_baseline_right"]}, '
+            'McNemar exact test (two-sided binomial on the discordant pairs, accuracy): '
+            f'baseline-only right {self.mcnemar["only_baseline_right"]}, '
             f'candidate-only right {self.mcnemar["only_candidate_right"]}, p = {self.mcnemar["p_value"]:.4g}',
             '',
         ]
         if len(self.checks):
-            out += ['### Gate checks', '', markdown_table(self.checks), '']
+            out += ['### Gate checks', '', markdown_table(_shown_checks(self.checks)), '']
         if len(self.regression_sets):
             out += ['### Regression sets', '', markdown_table(self.regression_sets), '']
         if len(self.slices):

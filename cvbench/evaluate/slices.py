@@ -76,8 +76,9 @@ def slice_table(
     rows, warnings = [], []
     for col in sf.columns:
         vals = sf[col].unique()
-        if len(vals) < 2:
-            warnings.append(f'slice column `{col}` has a single value ({vals[0]!r}); it cannot separate anything')
+        if len(vals) < 2:  # a constant column separates nothing: worth a word only if the user named it
+            if columns is not None and col in columns:
+                warnings.append(f'slice column `{col}` has a single value ({vals[0]!r}); it cannot separate anything')
             continue
         for v in sorted(vals):
             sub = ledger[sf[col].to_numpy() == v]
