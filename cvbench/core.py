@@ -434,6 +434,9 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f'config file {path} does not exist; pass a YAML file, or no config for the quickstart')
         d = read_yaml(path)
+        if not isinstance(d, dict):
+            raise ConfigError(f'{path} must be a mapping of sections (data:, model:, train:, ...), '
+                              f'got a {type(d).__name__}')
     try:
         return check_config(_from_dict(Config, _merge(d, parse_overrides(overrides))))
     except ConfigError as e:

@@ -592,10 +592,10 @@ def quantize_run(package: str | Path, run_dir: str | Path, calibration: int = 30
 def predict_images(package: str | Path, images: str | Path, out: str | Path, backend: str = 'onnx',
                    threads: int | None = None) -> pd.DataFrame:
     "Predict `images` with `package` on `backend` and write the ledger to `out`."
-    from cvbench.deploy.predictor import Predictor
-
     if Path(out).suffix.lower() not in ('.parquet', '.csv'):
         raise CvbenchError(f'--out {out}: write the predictions to a .parquet ledger or a .csv table')
+    from cvbench.deploy.predictor import Predictor
+
     return predict_folder(Predictor.load(package, backend, threads), images, out)
 
 # %% ../nbs/55_runs.ipynb #b97b4739

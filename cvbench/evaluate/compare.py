@@ -81,6 +81,11 @@ def _num(v) -> str:
     return 'n/a' if np.isnan(v) else f'{v + 0.0:.4f}'.replace('-0.0000', '0.0000')
 
 
+def _yes_no(df: pd.DataFrame) -> pd.DataFrame:
+    "Boolean columns as `yes`/`no` words for reading."
+    return df.assign(**{c: np.where(df[c], 'yes', 'no') for c in df.columns if df[c].dtype == bool})
+
+
 def _shown_checks(ch: pd.DataFrame) -> pd.DataFrame:
     "Gate checks for reading: `pass`/`FAIL` words instead of booleans, numbers without `-0.0000`."
     return ch.assign(result=np.where(ch.passed.astype(bool), 'pass', 'FAIL'), value=ch.value.map(_num),
@@ -127,7 +132,7 @@ class Comparison:
         out += [
             '### Metrics (candidate − baseline, paired bootstrap 95 % interval)',
             '',
-            markdown_table(self.metrics.drop(columns='higher_is_better')),
+            markdown_table(_yes_no(self.metrics.drop(columns='higher_is_better'))),
             '',
             'McNemar exact test (two-sided binomial on the discordant pairs, accuracy): '
             f'baseline-only right {self.mcnemar["only_baseline_right"]}, '
@@ -139,7 +144,7 @@ class Comparison:
         if len(self.regression_sets):
             out += ['### Regression sets', '', markdown_table(self.regression_sets), '']
         if len(self.slices):
-            out += ['### Slices', '', markdown_table(self.slices), '']
+            out += ['### Slices', '', markdown_table(_yes_no(self.slices)), '']
         return '\n'.join(out)
 
     def _repr_markdown_(self):

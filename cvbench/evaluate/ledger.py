@@ -95,7 +95,10 @@ def read_ledger(path: str | Path) -> tuple[pd.DataFrame, dict]:
     path = Path(path)
     if not path.is_file():
         raise LedgerError(f'ledger {path} does not exist')
-    t = pq.read_table(path)
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise LedgerError(f'{path} is not a readable parquet ledger ({e}); write it with `save_ledger`') from None
     meta = json.loads((t.schema.metadata or {}).get(b'cvbench_ledger', b'{}'))
     if meta.get('ledger_version', LEDGER_VERSION) > LEDGER_VERSION:
         raise LedgerError(f'{path} has ledger schema version {meta["ledger_version"]}, newer than this cvbench reads '
