@@ -1,5 +1,5 @@
-"""The bad-input battery: configs, overrides, ledgers, gates, manifests and arguments a user gets wrong, each through the
-real command (`cvbench.cli.main`, in process so that the battery stays fast). Every case ends in one of two classes:
+"""The bad-input battery: configs, overrides, ledgers, gates, manifests and arguments a user gets wrong, each through
+the real command (`cvbench.cli.main`, in process so that the battery stays fast). Every case ends in one of two classes:
 
 - `error`: exit status 2, one message naming the problem (and the words we expect), no traceback, nothing written;
 - `ok`: handled (exit 0 or 1 as the command defines), with the bad item reported.
