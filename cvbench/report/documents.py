@@ -6,11 +6,13 @@ Docs: https://cvbench.github.io/cvbench/report.documents.html.md"""
 
 # %% ../../nbs/51_report.documents.ipynb #a1215095
 from __future__ import annotations
-import html, datetime
+import html, datetime, re
 from dataclasses import dataclass, field
 from pathlib import Path
-import pandas as pd
-from ..core import write_text, markdown_table
+import numpy as np, pandas as pd
+from markdown_it import MarkdownIt
+from ..core import write_text
+from ..data.quality import LEVELS
 from cvbench.report.plots import (
     plot_confusion_matrix,
     plot_gallery,
@@ -22,9 +24,70 @@ from cvbench.report.plots import (
     png_data_uri,
 )
 
+
 # %% auto #0
-__all__ = ['SECTIONS', 'Section', 'render_markdown', 'render_html', 'evaluation_sections', 'quality_sections', 'datasheet',
-           'write_report']
+__all__ = ['SECTIONS', 'format_value', 'table_markdown', 'Section', 'render_markdown', 'render_html', 'evaluation_sections',
+           'issue_counts', 'quality_sections', 'datasheet', 'write_report']
+
+# %% ../../nbs/51_report.documents.ipynb #d1272324
+def _format_float(v: float) -> str:
+    "A float with 4 decimals; integral values as integers, -0 and rounding noise as 0, tiny values with 2 digits."
+    if not np.isfinite(v):
+        return str(v)
+    if abs(v) < 1e-12:
+        return '0'
+    if v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f'{v:.2g}' if abs(v) < 5e-5 else f'{v:.4f}'
+
+
+def format_value(
+    v,  # a table cell
+    column: str = '',  # its column: booleans of a `passed` column read pass/FAIL
+) -> str:
+    "`v` as a reader expects it: integers without decimals, 0 for -0, 4 decimals, pass/FAIL in a `passed` column."
+    if isinstance(v, (bool, np.bool_)):
+        return ('pass' if v else 'FAIL') if column == 'passed' else ('yes' if v else 'no')
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return ''
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return _format_float(float(v))
+    return str(v)
+
+
+# %% ../../nbs/51_report.documents.ipynb #bccac8a0
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _numeric(col: pd.Series) -> bool:
+    "Whether a column holds numbers only (then it is right-aligned)."
+    if pd.api.types.is_bool_dtype(col):
+        return False
+    if pd.api.types.is_numeric_dtype(col):
+        return True
+    vals = col.dropna()
+    return len(vals) > 0 and all(_is_number(v) for v in vals)
+
+
+def _cell(s: str) -> str:
+    "A string safe inside a pipe-table cell."
+    return s.replace('|', '\\|').replace('\n', ' ')
+
+
+def table_markdown(df: pd.DataFrame) -> str:
+    "A pipe table of `df`, values by `format_value`; numeric columns right-aligned, text columns left-aligned."
+    cols = [str(c) for c in df.columns]
+    if not cols:
+        return ''
+    body = {k: [_cell(format_value(v, c)) for v in df.iloc[:, k]] for k, c in enumerate(cols)}
+    shown = pd.DataFrame(body, columns=range(len(cols)))
+    shown.columns = [_cell(c) for c in cols]
+    align = ['right' if _numeric(df.iloc[:, k]) else 'left' for k in range(len(cols))]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+
 
 # %% ../../nbs/51_report.documents.ipynb #02d47a98
 @dataclass
@@ -35,45 +98,42 @@ class Section:
     tables: list = field(default_factory=list)
     figures: list = field(default_factory=list)
 
-def _md_table(df: pd.DataFrame) -> str: return markdown_table(df)
 
-def render_markdown(title: str, sections: list[Section], root: Path) -> str:
-    "Markdown with figures linked relative to `root`."
+def render_markdown(
+    title: str,  # the document's title
+    sections: list[Section],  # its sections, in order
+    root: Path | None = None,  # figures are linked relative to this folder
+    link=None,  # or a function of a figure's path giving its link
+) -> str:
+    "Markdown of `sections`, figures linked relative to `root` (or by `link`)."
+    link = link or (lambda f: Path(f).relative_to(root).as_posix())
     out = [f'# {title}', '']
     for s in sections:
         out += [f'## {s.title}', '', s.text, ''] if s.text else [f'## {s.title}', '']
-        out += [x for t in s.tables for x in (_md_table(t), '')]
-        out += [f'![{Path(f).stem}]({Path(f).relative_to(root).as_posix()})\n' for f in s.figures]
+        out += [x for t in s.tables for x in (table_markdown(t), '')]
+        out += [x for f in s.figures for x in (f'![{Path(f).stem}]({link(f)})', '')]
     return '\n'.join(out).rstrip() + '\n'
+
 
 # %% ../../nbs/51_report.documents.ipynb #e73c6b52
 _CSS = (
     'body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}'
     'table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}'
-    'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
-    'th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}'
+    'td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}'
+    'th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}li{margin:.15em 0}'
 )
 
 
-def _inline_md(text: str) -> str:
-    "Minimal Markdown for report prose: paragraphs, `code` and **bold**."
-    import re
-
-    t = html.escape(text)
-    t = re.sub(r'`([^`]+)`', r'<code>\1</code>', t)
-    t = re.sub(r'\*\*([^*]+)\*\*', r'<b>\1</b>', t)
-    return ''.join(f'<p>{p}</p>' for p in t.split('\n\n') if p.strip())
-
-
 def render_html(title: str, sections: list[Section]) -> str:
-    "Self-contained HTML: figures embedded as data URIs."
-    body = [f'<h1>{html.escape(title)}</h1>']
-    for s in sections:
-        body += [f'<h2>{html.escape(s.title)}</h2>', _inline_md(s.text)]
-        body += [t.to_html(index=False, float_format=lambda v: f'{v:.4f}', border=0) for t in s.tables]
-        body += [f'<img alt="{html.escape(Path(f).stem)}" src="{png_data_uri(f)}">' for f in s.figures]
+    "Self-contained HTML of the same Markdown (CommonMark and tables by markdown-it-py), figures as data URIs."
+    figures = [f for s in sections for f in s.figures]
+    md = render_markdown(title, sections, link=lambda f: f'cvbench-figure-{figures.index(f)}')
+    body = MarkdownIt('commonmark', {'html': False}).enable('table').render(md)
+    for k, f in enumerate(figures):  # the parser never sees the (large) data URIs
+        body = body.replace(f'src="cvbench-figure-{k}"', f'src="{png_data_uri(f)}"')
     head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style>'
-    return f'<!doctype html><html><head>{head}</head><body>{"".join(body)}</body></html>\n'
+    return f'<!doctype html><html><head>{head}</head><body>\n{body}</body></html>\n'
+
 
 # %% ../../nbs/51_report.documents.ipynb #c3a9e0e2
 def _gallery(ledger: pd.DataFrame, root: Path, out: Path, name: str, n: int = 8):
@@ -84,6 +144,29 @@ def _gallery(ledger: pd.DataFrame, root: Path, out: Path, name: str, n: int = 8)
         for r in ledger.head(n).itertuples()
     ]
     return save_figure(plot_gallery([root / p for p in ledger.head(n)['path']], caps), out / f'{name}.png')
+
+
+def _sec_decision(ev, ctx):
+    "The gate's decision, first in the report: PASS or FAIL, and the rules that failed."
+    c = ctx.get('comparison')
+    if c is None or not len(c.checks):
+        return None
+    base = ctx.get('baseline_name') or 'the baseline'
+    gate = f' of gate `{ctx["gate_name"]}`' if ctx.get('gate_name') else ''
+    failed = c.checks[~c.checks.passed.astype(bool)]
+    if c.passed:
+        text = f'**PASS**: all {len(c.checks)} rule(s){gate} hold for this run against `{base}`.'
+    else:
+        rules = [f'- {r.rule}: {r.detail} (value {format_value(r.value)}, limit {format_value(r.limit)})'
+                 for r in failed.itertuples()]
+        text = '\n'.join([f'**FAIL**: {len(failed)} of {len(c.checks)} rule(s){gate} failed against `{base}`:', '',
+                          *rules])
+    return Section('Release decision', text + '\n\nThe comparison itself is in its own section below.', [c.checks])
+
+
+def _sec_about(ev, ctx):
+    about = ctx.get('about') or {}
+    return Section('What was evaluated', '\n'.join(f'- **{k}**: `{v}`' for k, v in about.items() if v is not None))
 
 
 def _sec_headline(ev, ctx):
@@ -222,12 +305,15 @@ def _sec_clusters(ev, ctx):
             ['_wrong', 'loss'], ascending=False
         )
         figs.append(_gallery(sub, ctx['root'], ctx['out'], f'cluster_{r.cluster}'))
+    small = int((~ev.clusters.ranked).sum()) if 'ranked' in ev.clusters else 0
     text = (
         "Images clustered by the model's penultimate-layer features (k-means), ranked by error rate; "
         'errors first in each grid. '
-        'Promote a cluster to a regression set with `cvbench promote RUN_DIR --cluster N --name NAME`.'
+        + (f'{small} cluster(s) too small to rank are listed last. ' if small else '')
+        + 'Promote a cluster to a regression set with `cvbench promote RUN_DIR --cluster N --name NAME`.'
     )
-    return Section('Failure clusters', text, [ev.clusters.head(10)], [f for f in figs if f])
+    table = ev.clusters.drop(columns='ranked', errors='ignore').head(10)
+    return Section('Failure clusters', text, [table], [f for f in figs if f])
 
 
 def _sec_regression(ev, ctx):
@@ -243,13 +329,14 @@ def _sec_comparison(ev, ctx):
     if c is None:
         return None
     dec = ('**PASS**' if c.passed else '**FAIL**') if len(c.checks) else 'no gate given'
-    tabs = [c.metrics.drop(columns='higher_is_better')] + [t for t in (c.checks, c.regression_sets, c.slices) if len(t)]
-    return Section(
-        f'Comparison with {ctx.get("baseline_name", "the baseline")}',
-        f'Release decision: {dec}. Deltas are candidate − baseline with paired-bootstrap 95 % intervals; '
-        f'McNemar p = {c.mcnemar["p_value"]:.4g}.' + ''.join(f'\n\n{n}' for n in c.notes),
-        tabs,
+    tabs = [c.metrics.drop(columns='higher_is_better')] + [t for t in (c.regression_sets, c.slices) if len(t)]
+    where = ' (the rules are in *Release decision* at the top)' if len(c.checks) else ''
+    text = (
+        f'Release decision: {dec}{where}. Deltas are candidate − baseline with paired-bootstrap 95 % intervals; '
+        f'McNemar exact test (two-sided binomial on the discordant images) p = {c.mcnemar["p_value"]:.4g}.'
     )
+    notes = ''.join(f'\n\n{n}' for n in c.notes)
+    return Section(f'Comparison with {ctx.get("baseline_name") or "the baseline"}', text + notes, tabs)
 
 
 def _sec_skipped(ev, ctx):
@@ -275,6 +362,8 @@ def _sec_env(ev, ctx):
 
 
 SECTIONS = [
+    _sec_decision,
+    _sec_about,
     _sec_headline,
     _sec_training,
     _sec_confusion,
@@ -295,110 +384,121 @@ SECTIONS = [
 
 # %% ../../nbs/51_report.documents.ipynb #295c3133
 def evaluation_sections(
-    ev, ledger: pd.DataFrame, image_root: str | Path, out_dir: str | Path, about: dict, **ctx
+    ev,  # an `Evaluation` (`evaluate.suite.evaluate_ledger`)
+    ledger: pd.DataFrame,  # the predictions ledger it was computed from
+    image_root: str | Path,  # the folder the ledger's paths are relative to
+    out_dir: str | Path,  # where figures are written (the report folder)
+    about: dict,  # what was evaluated: run, model, data, ...
+    **ctx,  # history, skipped, environment, n_worst, comparison, baseline_name, gate_name, n_resamples
 ) -> list[Section]:
-    "Report sections of one evaluation, figures written into `out_dir`; `ctx`: history, skipped, environment, ..."
+    "Report sections of one evaluation, the gate's decision first when there is one; figures written into `out_dir`."
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = dict(ctx, ledger=ledger, root=Path(image_root), out=out)
-    secs = [Section('What was evaluated', '\n'.join(f'- **{k}**: `{v}`' for k, v in about.items() if v is not None))]
-    return secs + [s for f in SECTIONS if (s := f(ev, ctx)) is not None]
+    ctx = dict(ctx, ledger=ledger, root=Path(image_root), out=out, about=about)
+    return [s for f in SECTIONS if (s := f(ev, ctx)) is not None]
+
+
+# %% ../../nbs/51_report.documents.ipynb #b6635ba0
+def issue_counts(issues: pd.DataFrame) -> pd.DataFrame:
+    "Images per issue type, the most severe first (error, warning, info), then the most frequent."
+    if not len(issues):
+        return pd.DataFrame(columns=['severity', 'issue', 'images'])
+    c = issues.groupby(['severity', 'issue']).size().rename('images').reset_index()
+    c['_level'] = c.severity.map(LEVELS).fillna(-1)
+    c = c.sort_values(['_level', 'images', 'issue'], ascending=[False, False, True])
+    return c.drop(columns='_level').reset_index(drop=True)
+
+
+_PARTNER = re.compile(r'(?:same pixels as|bits of|duplicate of \w+ image) (.+)$')
+
+
+def _issue_gallery(g: pd.DataFrame, root: Path, path: Path, n_show: int) -> Path:
+    "A gallery of the first `n_show` images of one issue; duplicates side by side with the image they copy."
+    g = g.head(n_show)
+    partners = [m.group(1) if (m := _PARTNER.search(str(d))) else None for d in g.details]
+    if all(partners):
+        paths = [root / p for pair in zip(g.path, partners) for p in pair]
+        caps = [c for r, q in zip(g.itertuples(), partners) for c in (f'{r.split}/{r.label}\n{Path(r.path).name}',
+                                                                      f'its match\n{Path(q).name}')]
+        return save_figure(plot_gallery(paths, caps, ncols=6, group=2), path)
+    caps = [f'{l}\n{d}' for l, d in zip(g.label, g.details.astype(str))]
+    return save_figure(plot_gallery([root / p for p in g.path], caps), path)
+
 
 # %% ../../nbs/51_report.documents.ipynb #4ad95524
 def quality_sections(
-    issues: pd.DataFrame, root: str | Path, out_dir: str | Path, about: dict, n_show: int = 8
+    issues: pd.DataFrame,  # `find_issues`' table
+    root: str | Path,  # the folder its paths are relative to
+    out_dir: str | Path,  # where galleries are written
+    about: dict,  # what was scanned
+    n_show: int = 8,  # images per gallery
 ) -> list[Section]:
-    "Report sections of a data-quality scan; galleries are written into `out_dir`."
+    "Report sections of a data-quality scan, the most severe issues first; galleries are written into `out_dir`."
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts = (
-        issues.groupby(['severity', 'issue']).size().rename('images').reset_index()
-        if len(issues)
-        else pd.DataFrame(columns=['severity', 'issue', 'images'])
-    )
+    counts = issue_counts(issues)
+    n_images = issues.image_id.nunique() if len(issues) else 0
     secs = [
         Section('What was scanned', '\n'.join(f'- **{k}**: `{v}`' for k, v in about.items() if v is not None)),
-        Section(
-            'Summary',
-            f'{len(issues)} issue(s) on {issues.image_id.nunique() if len(issues) else 0} image(s).'
-            if len(issues)
-            else 'No issue found.',
-            [counts] if len(counts) else [],
-        ),
+        Section('Summary', f'{len(issues)} issue(s) on {n_images} image(s), the most severe first.'
+                if len(issues) else 'No issue found.', [counts] if len(counts) else []),
     ]
-    for kind, g in issues.groupby('issue', sort=False):
-        g = g.sort_values('score', ascending=False)
-        fig = None
-        if kind not in ('unreadable', 'oversized', 'class_imbalance'):
-            fig = save_figure(
-                plot_gallery(
-                    [Path(root) / p for p in g.path[:n_show]],
-                    [f'{l}\n{d[:28]}' for l, d in zip(g.label[:n_show], g.details[:n_show].astype(str))],
-                ),
-                out / f'issue_{kind}.png',
-            )
-        secs.append(
-            Section(
-                f'{kind} ({len(g)})',
-                f'Severity: {g.severity.iloc[0]}. Highest scores first'
-                + (' (first 20 listed).' if len(g) > 20 else '.'),
-                [g[['path', 'split', 'label', 'score', 'details']].head(20)],
-                [fig] if fig else [],
-            )
-        )
+    for kind in counts.issue:
+        g = issues[issues.issue == kind].sort_values('score', ascending=False)
+        figs = []
+        if kind not in ('unreadable', 'oversized', 'class_imbalance', 'missing_file'):
+            figs = [_issue_gallery(g, Path(root), out / f'issue_{kind}.png', n_show)]
+        more = ' (first 20 listed).' if len(g) > 20 else '.'
+        secs.append(Section(f'{kind} ({len(g)})', f'Severity: {g.severity.iloc[0]}. Highest scores first{more}',
+                            [g[['path', 'split', 'label', 'score', 'details']].head(20)], figs))
     return secs
 
+
 # %% ../../nbs/51_report.documents.ipynb #223be3f3
+def _counts_text(d: dict) -> str:
+    "`{'train': 100, 'valid': 26}` as `train 100, valid 26`."
+    return ', '.join(f'{k} {format_value(v)}' for k, v in d.items())
+
+
 def datasheet(
-    samples,
-    scan: pd.DataFrame | None = None,
-    issues: pd.DataFrame | None = None,
-    source: str = '',
-    excluded: dict | None = None,
+    samples,  # the `Samples` table described
+    scan: pd.DataFrame | None = None,  # `scan_files`' table (image sizes and properties)
+    issues: pd.DataFrame | None = None,  # `find_issues`' table
+    source: str = '',  # where the data came from
+    excluded: dict | None = None,  # images excluded per issue type
 ) -> str:
     "A Markdown datasheet of a samples table, from its files, scan and issues."
     df = samples.df
     per = df.assign(split=df['split'].replace('', 'unsplit')).groupby(['label', 'split']).size().unstack(fill_value=0)
     per = per.reset_index().rename(columns={'label': 'class'})
-    per['total'] = per.drop(columns='class').sum(1)
+    per['total'] = per.drop(columns='class').sum(axis=1)
     lines = [
         f'# Datasheet: {samples.name or Path(source).name}',
         '',
         f'- **source**: `{source}`',
         f'- **version id**: `{samples.version}`',
-        f'- **images**: {len(df)} in {len(samples.classes)} classes; splits: {samples.split_counts()}',
+        f'- **images**: {len(df)} in {len(samples.classes)} classes; splits: {_counts_text(samples.split_counts())}',
         f'- **skipped files**: {len(samples.skipped)}',
         f'- **generated**: {datetime.date.today().isoformat()}',
         '',
         '## Classes per split',
         '',
-        markdown_table(per),
+        table_markdown(per),
         '',
     ]
     if scan is not None and 'img_width' in scan:
-        q = (
-            scan[
-                [c for c in ('img_width', 'img_height', 'img_brightness', 'img_contrast', 'img_sharpness') if c in scan]
-            ]
-            .describe(percentiles=[0.05, 0.5, 0.95])
-            .T
-        )
+        props = [c for c in ('img_width', 'img_height', 'img_brightness', 'img_contrast', 'img_sharpness') if c in scan]
+        q = scan[props].describe(percentiles=[0.05, 0.5, 0.95]).T
         q = q[['min', '5%', '50%', '95%', 'max']].reset_index().rename(columns={'index': 'property'})
         q['property'] = q['property'].str.removeprefix('img_')
-        lines += [
-            '## Image sizes and properties',
-            '',
-            markdown_table(q),
-            '',
-            f'Formats: {dict(scan["format"].fillna("unreadable").value_counts())}',
-            '',
-        ]
+        formats = scan['format'].fillna('unreadable').value_counts().to_dict()
+        lines += ['## Image sizes and properties', '', table_markdown(q), '', f'Formats: {_counts_text(formats)}', '']
     if issues is not None:
-        c = issues.groupby(['severity', 'issue']).size().rename('images').reset_index() if len(issues) else None
-        lines += ['## Issues found', '', markdown_table(c) if c is not None else 'None.', '']
+        lines += ['## Issues found', '', table_markdown(issue_counts(issues)) if len(issues) else 'None.', '']
     if excluded:
         lines += ['## Exclusions applied', '', *(f'- {k}: {v} image(s)' for k, v in excluded.items()), '']
     return '\n'.join(lines)
+
 
 # %% ../../nbs/51_report.documents.ipynb #b23bfc93
 def write_report(sections: list[Section], out_dir: str|Path, title: str) -> dict[str, Path]:

@@ -6,73 +6,190 @@ Docs: https://cvbench.github.io/cvbench/report.plots.html.md"""
 
 # %% ../../nbs/50_report.plots.ipynb #e92cb106
 from __future__ import annotations
-import base64
+import base64, contextlib, functools, logging, textwrap, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib import font_manager
+from matplotlib.ft2font import FT2Font
+from matplotlib.text import Text
 from ..core import atomic_path
 from ..data.images import open_image, ImageReadError
 
+
 # %% auto #0
-__all__ = ['save_figure', 'png_data_uri', 'plot_confusion_matrix', 'plot_gallery', 'plot_history', 'plot_curves',
-           'plot_reliability', 'plot_slices', 'plot_throughput']
+__all__ = ['log', 'save_figure', 'png_data_uri', 'fonts_for', 'fit_fonts', 'script_fonts', 'plot_confusion_matrix',
+           'wrap_caption', 'plot_gallery', 'plot_history', 'plot_curves', 'plot_reliability', 'plot_slices',
+           'plot_throughput']
 
 # %% ../../nbs/50_report.plots.ipynb #8449bbbf
-def save_figure(fig, path: str|Path, dpi: int = 110) -> Path:
-    "Save `fig` as PNG atomically and close it."
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    "Save `fig` as PNG atomically and close it; fonts fitted to its text, no warning for a glyph no font has."
+    fit_fonts(fig)
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        warnings.filterwarnings('ignore', message='Glyph .* missing from font')
+        fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     plt.close(fig)
     return Path(path)
 
-def png_data_uri(path: str|Path) -> str:
+
+def png_data_uri(path: str | Path) -> str:
     "A `data:image/png;base64,...` URI of a PNG file."
     return 'data:image/png;base64,' + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+# %% ../../nbs/50_report.plots.ipynb #1f8a17e4
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _charmap(path: str) -> frozenset:
+    "The code points the font file at `path` has glyphs for (none if it cannot be read)."
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _default_font(family: list) -> str:
+    "The file matplotlib uses for text of font `family`."
+    return font_manager.findfont(font_manager.FontProperties(family=family))
+
+
+@functools.lru_cache(maxsize=256)
+def _fallbacks(missing: frozenset) -> tuple:
+    "Installed font families, Noto first, that together cover as much of `missing` as they can."
+    files = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    last = sorted(n for n in files if n.startswith('Last Resort'))  # placeholder glyphs for every code point
+    found, left = [], set(missing)
+    for name in sorted(set(files) - set(last), key=lambda n: (not n.startswith('Noto'), n)):
+        got = left & _charmap(files[name])
+        if got:
+            found.append(name)
+            left -= got
+        if not left:
+            break
+    if left:
+        chars = ''.join(sorted(chr(c) for c in left))[:20]
+        log.info('no installed font has glyphs for %r; they show as boxes (install a Noto font, '
+                 'e.g. fonts-noto-core and fonts-noto-cjk)', chars)
+    return tuple(found + last[:1] if left else found)
+
+
+def fonts_for(text: str, family: list | None = None) -> list[str]:
+    "Font families to add after `family` (default: rcParams) so that `text` has every glyph; [] when none is needed."
+    family = list(family or plt.rcParams['font.family'])
+    missing = {ord(c) for c in text if not c.isspace()} - _charmap(_default_font(family))
+    return list(_fallbacks(frozenset(missing))) if missing else []
+
+
+def fit_fonts(fig):
+    "Give each non-ASCII text of `fig` the installed fallback fonts that have its glyphs; return `fig`."
+    for t in fig.findobj(Text):
+        s = t.get_text()
+        if s.isascii():
+            continue
+        family = t.get_fontfamily()
+        extra = [f for f in fonts_for(s, family) if f not in family]
+        if extra:
+            t.set_fontfamily([*family, *extra])
+    return fig
+
+
+@contextlib.contextmanager
+def script_fonts(texts: list):
+    "Within: text drawn with fallback fonts that have the glyphs of `texts`, and no warning for one no font has."
+    family = list(plt.rcParams['font.family'])
+    extra = [f for f in fonts_for(' '.join(map(str, texts)), family) if f not in family]
+    with warnings.catch_warnings(), plt.rc_context({'font.family': family + extra}):
+        warnings.filterwarnings('ignore', message='Glyph .* missing from font')
+        yield
+
 
 # %% ../../nbs/50_report.plots.ipynb #3b3630bc
 def plot_confusion_matrix(cm: np.ndarray, classes: list[str], normalize: bool = True, ax=None):
     "Heatmap of a confusion matrix (row-normalized colours, counts as annotations)."
     cm = np.asarray(cm)
     n = len(classes)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.4 * n))
-    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
-    sns.heatmap(
-        shown,
-        annot=cm if n <= 30 else False,
-        fmt='d',
-        cmap='Blues',
-        cbar=False,
-        square=True,
-        xticklabels=classes,
-        yticklabels=classes,
-        ax=ax,
-        vmin=0,
-        vmax=1 if normalize else None,
-        annot_kws=dict(size=7),
-    )
-    ax.set_xlabel('predicted')
-    ax.set_ylabel('true')
-    ax.set_title('Confusion matrix' + (' (row-normalized)' if normalize else ''))
+    with script_fonts(classes):
+        if ax is None:
+            _, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.4 * n))
+        shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+        sns.heatmap(
+            shown,
+            annot=cm if n <= 30 else False,
+            fmt='d',
+            cmap='Blues',
+            cbar=False,
+            square=True,
+            xticklabels=classes,
+            yticklabels=classes,
+            ax=ax,
+            vmin=0,
+            vmax=1 if normalize else None,
+            annot_kws=dict(size=7),
+        )
+        ax.set_xlabel('predicted')
+        ax.set_ylabel('true')
+        ax.set_title('Confusion matrix' + (' (row-normalized)' if normalize else ''))
     return ax.figure
 
+
 # %% ../../nbs/50_report.plots.ipynb #57bfb739
-def plot_gallery(paths: list, captions: list[str], ncols: int = 8, size: float = 1.4):
-    "Grid of images with captions."
+def wrap_caption(text: str, width: int, max_lines: int = 3) -> str:
+    "`text` wrapped to `width` characters a line, at most `max_lines` lines (the last one cut with `...`)."
+    lines = [line for part in str(text).split('\n') for line in (textwrap.wrap(part, width) or [''])]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(width - 3, 1)] + '...'
+    return '\n'.join(lines)
+
+
+def _grid(fig, nrows: int, ncols: int, group: int) -> list:
+    "Axes of an `nrows` x `ncols` grid, with a narrow gap after every `group` columns."
+    ratios = [r for k in range(ncols // group) for r in [1] * group + ([0.2] if k < ncols // group - 1 else [])]
+    gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios)
+    cols = [k for k, r in enumerate(ratios) if r == 1]
+    return [fig.add_subplot(gs[r, c]) for r in range(nrows) for c in cols]
+
+
+def plot_gallery(
+    paths: list,  # image files
+    captions: list[str],  # one caption per image
+    ncols: int = 8,  # images per row (rounded down to a multiple of `group`)
+    size: float = 1.4,  # inches per image
+    group: int = 1,  # images per group: 2 shows pairs side by side with a gap between pairs
+    fontsize: float = 7,  # caption font size (points)
+    max_lines: int = 3,  # caption lines kept per image
+):
+    "Grid of images with wrapped captions that never overlap; `group=2` shows pairs side by side."
     n = max(len(paths), 1)
+    ncols = max(group, min(ncols, int(np.ceil(n / group)) * group) // group * group)
     nrows = int(np.ceil(n / ncols))
-    ncols = min(ncols, n)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.15), squeeze=False)
-    for ax in axs.flat:
-        ax.axis('off')
-    for ax, p, c in zip(axs.flat, paths, captions):
+    width = max(int(size * 72 / (fontsize * 0.62)), 6)
+    images, caps = [], []
+    for p, c in zip(paths, captions):
         try:
-            ax.imshow(np.asarray(open_image(p)), interpolation='nearest')
+            images.append(np.asarray(open_image(p)))
         except ImageReadError:
+            images.append(None)
             c = f'(unreadable)\n{c}'
-        ax.set_title(c, fontsize=7)
-    fig.tight_layout()
+        caps.append(wrap_caption(c, width, max_lines))
+    lines = max([c.count('\n') + 1 for c in caps] or [1])
+    gaps = 0.2 * (ncols // group - 1)
+    with script_fonts(caps):
+        fig = plt.figure(figsize=(size * (ncols + gaps), (size + lines * fontsize * 1.35 / 72 + 0.1) * nrows))
+        axs = _grid(fig, nrows, ncols, group)
+        for ax in axs:
+            ax.axis('off')
+        for ax, im, c in zip(axs, images, caps):
+            if im is not None:
+                ax.imshow(im, interpolation='nearest')
+            ax.set_title(c, fontsize=fontsize)
+        fig.tight_layout(pad=0.3, h_pad=0.3, w_pad=0.3)
     return fig
+
 
 # %% ../../nbs/50_report.plots.ipynb #8f1b74fa
 def plot_history(history: pd.DataFrame):
@@ -103,28 +220,29 @@ def plot_curves(curves: dict, kind: str = 'roc', ax=None):
     "Per-class ROC (`kind='roc'`) or precision-recall (`'pr'`) curves from `class_curves`."
     from sklearn.metrics import auc
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.6, 4))
-    areas = {c: auc(x, y) for c, (x, y, _) in curves.items()}
-    shown = sorted(areas, key=areas.get)[:10]
-    for c, (x, y, _) in curves.items():
-        ax.plot(
-            x,
-            y,
-            lw=1.2 if c in shown else 0.6,
-            alpha=1 if c in shown else 0.4,
-            label=f'{c} ({areas[c]:.3f})' if c in shown else None,
-        )
-    if kind == 'roc':
-        ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
-        ax.set_xlabel('false positive rate')
-        ax.set_ylabel('true positive rate')
-        ax.set_title('ROC (one-vs-rest), AUC')
-    else:
-        ax.set_xlabel('recall')
-        ax.set_ylabel('precision')
-        ax.set_title('Precision-recall, area')
-    ax.legend(fontsize=7, loc='lower right' if kind == 'roc' else 'lower left')
+    with script_fonts(curves):
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.6, 4))
+        areas = {c: auc(x, y) for c, (x, y, _) in curves.items()}
+        shown = sorted(areas, key=areas.get)[:10]
+        for c, (x, y, _) in curves.items():
+            ax.plot(
+                x,
+                y,
+                lw=1.2 if c in shown else 0.6,
+                alpha=1 if c in shown else 0.4,
+                label=f'{c} ({areas[c]:.3f})' if c in shown else None,
+            )
+        if kind == 'roc':
+            ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+            ax.set_xlabel('false positive rate')
+            ax.set_ylabel('true positive rate')
+            ax.set_title('ROC (one-vs-rest), AUC')
+        else:
+            ax.set_xlabel('recall')
+            ax.set_ylabel('precision')
+            ax.set_title('Precision-recall, area')
+        ax.legend(fontsize=7, loc='lower right' if kind == 'roc' else 'lower left')
     return ax.figure
 
 # %% ../../nbs/50_report.plots.ipynb #b142decb
@@ -149,26 +267,27 @@ def plot_reliability(tables: dict):
 # %% ../../nbs/50_report.plots.ipynb #95c298eb
 def plot_slices(table: pd.DataFrame, metric: str = 'accuracy'):
     "Interval plot of `metric` per slice from `slice_table`."
-    t = table.reset_index(drop=True)
-    n = len(t)
-    fig, ax = plt.subplots(figsize=(6, 0.28 * n + 1))
-    ypos, colour = np.arange(n)[::-1], {c: f'C{i % 10}' for i, c in enumerate(t.column.unique())}
-    for i, r in t.iterrows():
-        ax.errorbar(
-            r[metric],
-            ypos[i],
-            xerr=[[r[metric] - r[f'{metric}_low']], [r[f'{metric}_high'] - r[metric]]],
-            fmt='o',
-            mfc='white' if r.too_small else colour[r.column],
-            color=colour[r.column],
-            capsize=2,
-            ms=4,
-        )
-    ax.set_yticks(ypos)
-    ax.set_yticklabels([f'{r.column}={r.value} (n={r.n})' for r in t.itertuples()], fontsize=7)
-    ax.set_xlabel(f'{metric} (95 % interval)')
-    ax.set_title('Slices (hollow: too few images)')
-    fig.tight_layout()
+    with script_fonts(list(table['value'].astype(str))):
+        t = table.reset_index(drop=True)
+        n = len(t)
+        fig, ax = plt.subplots(figsize=(6, 0.28 * n + 1))
+        ypos, colour = np.arange(n)[::-1], {c: f'C{i % 10}' for i, c in enumerate(t.column.unique())}
+        for i, r in t.iterrows():
+            ax.errorbar(
+                r[metric],
+                ypos[i],
+                xerr=[[r[metric] - r[f'{metric}_low']], [r[f'{metric}_high'] - r[metric]]],
+                fmt='o',
+                mfc='white' if r.too_small else colour[r.column],
+                color=colour[r.column],
+                capsize=2,
+                ms=4,
+            )
+        ax.set_yticks(ypos)
+        ax.set_yticklabels([f'{r.column}={r.value} (n={r.n})' for r in t.itertuples()], fontsize=7)
+        ax.set_xlabel(f'{metric} (95 % interval)')
+        ax.set_title('Slices (hollow: too few images)')
+        fig.tight_layout()
     return fig
 
 # %% ../../nbs/50_report.plots.ipynb #5829473b
