@@ -79,7 +79,8 @@ def _cmd_data_check(a):
     samples, scan, issues, out = runs.data_check(a.source, a.root, a.out, a.group, a.ledger, t, a.workers)
     print(f'{len(samples)} images scanned, {len(issues)} issue(s); report: {out / "report.html"}')
     if len(issues):
-        print(markdown_table(issues.groupby(['severity', 'issue']).size().rename('images').reset_index()))
+        from cvbench.report.documents import issue_counts
+        print(markdown_table(issue_counts(issues)))  # errors first, as in the report
     if a.exclude:
         clean, excluded, f = runs.write_clean(samples, scan, issues, a.exclude, out, a.write_clean, str(a.source))
         print(f'cleaned samples table ({len(clean)} images, excluded {excluded}): {f}')
@@ -127,7 +128,8 @@ def _cmd_quantize(a):
     print('\n'.join(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}' for k, v in q.items()))
 
 def _cmd_serve(a):
-    runs.serve_package(a.package, a.host, a.port, a.backend, a.threads, a.max_bytes, lambda m: print(m, flush=True))
+    runs.serve_package(a.package, a.host, a.port, a.backend, a.threads, a.max_bytes, lambda m: print(m, flush=True),
+                       a.workers, a.queue)
 
 # %% ../nbs/60_cli.ipynb #562da60f
 def _arg(*names, **kw) -> tuple:
@@ -204,7 +206,11 @@ SHIP = dict(
     serve=(_cmd_serve, 'serve a package over HTTP (FastAPI): POST /predict, GET /health, GET /metrics', [
         PACKAGE, _arg('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1)'),
         _arg('--port', type=int, default=8000, help='port (default 8000)'), BACKEND, THREADS,
-        _arg('--max-bytes', type=int, default=10 * 2**20, help='request size limit (default 10 MiB)')]),
+        _arg('--max-bytes', type=int, default=10 * 2**20,
+             help='request body limit, held while the body streams in, chunked uploads included (default 10 MiB)'),
+        _arg('--workers', type=int, default=1, help='predictions computed at once (default 1)'),
+        _arg('--queue', type=int, default=8,
+             help='predict requests that may wait for a worker; beyond them 503 with Retry-After (default 8)')]),
 )
 
 # %% ../nbs/60_cli.ipynb #7ef18216

@@ -600,14 +600,15 @@ def predict_images(package: str | Path, images: str | Path, out: str | Path, bac
 
 # %% ../nbs/55_runs.ipynb #b97b4739
 def serve_package(package: str | Path, host: str = '127.0.0.1', port: int = 8000, backend: str = 'onnx',
-                  threads: int | None = None, max_bytes: int = 10 * 2**20, announce=print):
-    "Serve `package` over HTTP until stopped; `announce` is told where, once the package has been checked."
+                  threads: int | None = None, max_bytes: int = 10 * 2**20, announce=print, workers: int = 1,
+                  queue: int = 8):
+    "Serve `package` over HTTP until stopped; `announce` is told where once the socket listens."
     from cvbench.deploy.package import read_package
     from cvbench.deploy.serve import serve
 
     read_package(package)
-    announce(f'serving {package} on http://{host}:{port} (POST /predict, GET /health, GET /metrics); Ctrl-C stops')
-    serve(package, host, port, backend, threads, max_bytes)
+    serve(package, host, port, backend, threads, max_bytes, announce=announce, workers=workers, queue=queue)
+
 
 # %% ../nbs/55_runs.ipynb #26a48444
 def promotion_ids(run_dir: str | Path, cluster: int | None = None, ids: str | None = None,
