@@ -3,5 +3,5 @@ __version__ = "0.1.0"
 
 import warnings as _warnings
 
-# fastai's imports script a few functions with `torch.jit.script`, which torch now deprecates: a warning no user can act on
+# fastai's imports call `torch.jit.script`, which torch now deprecates: a warning no user can act on
 _warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)

@@ -7,7 +7,7 @@ Docs: https://cvbench.github.io/cvbench/core.html.md"""
 # %% ../nbs/00_core.ipynb #f5b7747e
 from __future__ import annotations
 import datetime, difflib, errno, hashlib, importlib, json, os, platform, random, subprocess
-import shutil, sys, tempfile, types, typing
+import shutil, stat, sys, tempfile, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
@@ -18,8 +18,8 @@ from fastcore.basics import patch
 __all__ = ['CONFIG_RULES', 'RUN_FILES', 'CvbenchError', 'ConfigError', 'atomic_path', 'atomic_dir', 'write_text', 'write_json',
            'read_json', 'markdown_table', 'DataConfig', 'ModelConfig', 'PreprocessConfig', 'TrainConfig', 'TrackConfig',
            'EvalConfig', 'Config', 'parse_overrides', 'check_config', 'read_yaml', 'load_config', 'config_to_dict',
-           'save_config', 'seed_everything', 'file_digest', 'make_run_dir', 'KnownFiles', 'RunDir', 'LazyModule',
-           'environment_info', 'save_benchmark']
+           'save_config', 'seed_everything', 'file_digest', 'file_problem', 'safe_file_digest', 'make_run_dir',
+           'KnownFiles', 'RunDir', 'LazyModule', 'environment_info', 'save_benchmark']
 
 # %% ../nbs/00_core.ipynb #6dd4732f
 class CvbenchError(Exception):
@@ -468,6 +468,38 @@ def file_digest(path: str|Path, algo: str = 'sha1', chunk: int = 1<<20) -> str:
     with open(path, 'rb') as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+
+def file_problem(
+    path: str | Path,  # a file a dataset names
+) -> str | None:
+    "Why `path` cannot be read as a regular file (missing, a folder, a FIFO, a symlink loop, no permission), or `None`."
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return 'broken symbolic link' if p.is_symlink() else 'file not found'
+    except OSError as e:  # ELOOP (a symlink loop), EACCES on a parent folder, EIO
+        return f'cannot reach the file: {e.strerror or e}'
+    if stat.S_ISDIR(st.st_mode):
+        return 'a folder, not a file'
+    if not stat.S_ISREG(st.st_mode):
+        return 'not a regular file (a FIFO, socket or device)'
+    if not os.access(p, os.R_OK):
+        return 'no read permission; make the file readable (chmod a+r)'
+    return None
+
+
+def safe_file_digest(path: str | Path) -> str:
+    "`file_digest` of `path`, or `unreadable: REASON` when it cannot be read (never blocks on a FIFO, never raises)."
+    why = file_problem(path)
+    if why is not None:
+        return f'unreadable: {why}'
+    try:
+        return file_digest(path)
+    except OSError as e:  # EIO and friends: one bad file never stops a version or a manifest
+        return f'unreadable: {e.strerror or e}'
+
 
 # %% ../nbs/00_core.ipynb #87899537
 def make_run_dir(runs_dir: str | Path, name: str) -> Path:

@@ -440,7 +440,9 @@ def data_split(
 ) -> Samples:
     "Split a dataset into train/valid(/test), stratified, grouped and duplicate-aware; save and return it."
     from cvbench.data.splits import group_split, duplicate_groups
+    from cvbench.data.quality import QualityThresholds
 
+    QualityThresholds(near_radius=near_radius)  # a bad radius is refused before the scan
     s = load_dataset(source, root)
     if group and group not in s.df:
         raise CvbenchError(f'group column `{group}` is not in the samples table; it has {list(s.df.columns)}')

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 import pandas as pd
 from .samples import Samples, DataError, load_samples_table
+from .images import file_problem
 
 # %% auto #0
 __all__ = ['log', 'IMAGE_EXTS', 'read_imagefolder', 'read_csv_manifest', 'read_dataset']
@@ -25,15 +26,20 @@ def _list_class_dirs(folder: Path) -> list[Path]:
 
 
 def _scan_class_dir(d: Path, root: Path, split: str, rows: list, skipped: list):
-    "Append one row per image file under class folder `d` (recursively); other files go to `skipped`."
+    "Append one row per image file under class folder `d` (recursively); other files go to `skipped`, with why."
     n = 0
     for f in sorted(d.rglob('*')):
-        if not f.is_file() or any(part.startswith('.') for part in f.relative_to(root).parts):
+        if any(part.startswith('.') for part in f.relative_to(root).parts):
             continue
         rel = f.relative_to(root).as_posix()
-        if f.suffix.lower() in IMAGE_EXTS:
+        why = file_problem(f)
+        if f.suffix.lower() in IMAGE_EXTS and why is None:
             rows.append(dict(image_id=rel, path=rel, split=split, label=d.name))
             n += 1
+        elif f.suffix.lower() in IMAGE_EXTS:  # a folder, FIFO, symlink loop or unreadable file named like an image
+            skipped.append(dict(path=rel, reason=why))
+        elif why == 'a folder, not a file':
+            continue
         else:
             skipped.append(dict(path=rel, reason=f'not an image file extension ({f.suffix or "none"})'))
     if n == 0:
@@ -73,20 +79,55 @@ def read_imagefolder(
         name=root.name,
     )
 
+# %% ../../nbs/11_data.formats.ipynb #4ee40c32
+def _read_csv_text(
+    csv: Path,  # a CSV file
+) -> pd.DataFrame:
+    "Every field of `csv` as a string: a UTF-8 byte-order mark is dropped, `,`, `;` or tab separators recognised."
+    if csv.stat().st_size == 0:
+        raise DataError(f'{csv} is empty; a manifest needs a header line `path,label` and one row per image')
+    try:
+        with open(csv, encoding='utf-8-sig', newline='') as f:
+            head = f.readline()
+        sep = max([',', ';', '\t'], key=head.count)
+        df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding='utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise DataError(f'{csv} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 CSV') from None
+    except Exception as e:
+        raise DataError(f'cannot read {csv} as CSV: {e}') from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+# %% ../../nbs/11_data.formats.ipynb #2fd9b7ed
+def _drop_repeated_paths(
+    df: pd.DataFrame,  # manifest rows, with `path` and `label`
+    csv: Path,  # the manifest, for messages
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`df` without repeated paths, and the repeats as skipped rows; a path given two labels is an error."
+    labels = df.groupby('path')['label'].nunique()
+    if (labels > 1).any():
+        p = labels.index[labels > 1][0]
+        rows = (df.index[df['path'] == p] + 2).tolist()
+        raise DataError(
+            f'{csv}: `{p}` is listed on rows {rows} with different labels '
+            f'{sorted(df.loc[df["path"] == p, "label"].unique())}; keep one row per image'
+        )
+    rep = df.duplicated('path')
+    first = df.reset_index().groupby('path')['index'].transform('first').to_numpy() + 2
+    reason = [f'the same path as row {r} (rows count from the header, 1)' for r in first[rep.to_numpy()]]
+    return df[~rep], pd.DataFrame(dict(path=df.loc[rep, 'path'], reason=reason))
+
 # %% ../../nbs/11_data.formats.ipynb #97b1384b
 def read_csv_manifest(
     csv: str | Path,  # CSV with columns `path`, `label`, optional `split`, any metadata
     root: str | Path | None = None,  # folder the paths are relative to (default: the CSV's folder)
 ) -> Samples:
-    "Read a CSV manifest into `Samples`; missing files are skipped and listed."
+    "Read a CSV manifest into `Samples`; missing or unreadable files and repeated rows are skipped and listed."
     csv = Path(csv)
     if not csv.is_file():
         raise DataError(f'CSV manifest {csv} does not exist; check the path (data.source)')
     root = Path(root) if root is not None else csv.parent
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise DataError(f'cannot read {csv} as CSV: {e}') from None
+    df = _read_csv_text(csv)
     missing = [c for c in ('path', 'label') if c not in df.columns]
     if missing:
         raise DataError(
@@ -101,17 +142,19 @@ def read_csv_manifest(
     if 'split' not in df:
         df['split'] = ''
     df['split'] = df['split'].str.strip().str.lower().map(lambda s: _SPLIT_ALIASES.get(s, s))
-    exists = df['path'].map(lambda p: (root / p).is_file())
+    df, repeats = _drop_repeated_paths(df, csv)
+    why = df['path'].map(lambda p: file_problem(root / p))
+    exists = why.isna()
     if not exists.any():
         raise DataError(
             f'none of the {len(df)} files in {csv} exists under {root}; '
             'set `data.root` to the folder the paths are relative to'
         )
-    skipped = pd.DataFrame(dict(path=df.loc[~exists, 'path'], reason='file not found'))
+    skipped = pd.concat([pd.DataFrame(dict(path=df.loc[~exists, 'path'], reason=why[~exists])), repeats])
     if len(skipped):
         log.warning(
-            f'{len(skipped)} file(s) listed in {csv} do not exist under {root} '
-            f'(first: {skipped.path.iloc[0]}); they are skipped'
+            f'{len(skipped)} row(s) of {csv} name no readable file under {root} or repeat a path '
+            f'(first: {skipped.path.iloc[0]}: {skipped.reason.iloc[0]}); they are skipped'
         )
     df = df[exists].copy()
     df.insert(0, 'image_id', df['path'])

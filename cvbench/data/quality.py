@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
 from .samples import Samples, DataError
-from .images import open_image, image_properties, ImageReadError, MAX_PIXELS, _magic_format
+from .images import open_image, image_properties, ImageReadError, MAX_PIXELS, _magic_format, file_problem
 
 # %% auto #0
 __all__ = ['log', 'SEVERITY', 'LEVELS', 'phash', 'hamming', 'near_duplicate_pairs', 'scan_file', 'scan_files',
@@ -43,6 +43,8 @@ def _chunks(radius: int) -> list[tuple[int, int]]:
 
 def near_duplicate_pairs(hashes, radius: int = 4, max_group: int = 5000) -> pd.DataFrame:
     "All pairs `(i, j)`, i < j, of 64-bit `hashes` within Hamming distance `radius`, with their distance."
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not 0 <= radius <= 63:
+        raise DataError(f'near-duplicate radius must be a whole number of bits from 0 to 63, got {radius!r}')
     h = np.asarray(hashes, dtype=np.uint64)
     found = []
     for shift, width in _chunks(radius):
@@ -100,6 +102,10 @@ def scan_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> dict:
         pixel_hash=None,
         phash=None,
     )
+    why = file_problem(path)  # from `stat` alone: a FIFO would block the read, a folder or a loop would raise
+    if why is not None:
+        row.update(error=why, error_kind='unreadable')
+        return row
     try:
         data = path.read_bytes()
         row['bytes'] = len(data)
@@ -108,6 +114,9 @@ def scan_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> dict:
             try:
                 with Image.open(io.BytesIO(data)) as im:
                     row['format'], (row['width'], row['height']) = im.format, im.size
+            except Image.DecompressionBombError as e:  # over twice Pillow's own limit: refused by Pillow itself
+                row.update(format=_magic_format(data), error=f'too large: {e}', error_kind='oversized')
+                return row
             except Exception:
                 row['format'] = _magic_format(data)
         exp = _EXT_FORMATS.get(path.suffix.lower())
@@ -147,6 +156,7 @@ def scan_files(
 
 # %% ../../nbs/14_data.quality.ipynb #03ca9e26
 SEVERITY = dict(
+    missing_file='error',
     unreadable='error',
     oversized='error',
     leakage='error',
@@ -172,18 +182,29 @@ class QualityThresholds:
     "Thresholds of `find_issues` (ratios to the dataset's median unless said otherwise)."
 
     near_radius: int = 4  # pHash bits
-    thumb_tol: float = (
-        3.0  # near duplicates must also agree on a 16x16 grayscale thumbnail (mean abs. difference, 0-255)
-    )
+    thumb_tol: float = 3.0  # near duplicates must also agree on a 16x16 gray thumbnail (mean abs. difference, 0-255)
+    thumb_ztol: float = 0.05  # ... or on the thumbnails with mean and contrast normalised (mean abs. z difference)
     dark_ratio: float = 0.45  # highlight (99th luma percentile) < ratio × median highlight
     bright_ratio: float = 0.5  # 1 − shadow (1st percentile) < ratio × (1 − median shadow)
-    blur_ratio: float = 0.05  # sharpness < ratio × median
+    blur_ratio: float = 0.4  # sharpness (re-blur gain, see `image_properties`) < ratio × median
     flat_ratio: float = 0.1  # contrast < ratio × median
     tiny_ratio: float = 0.5  # shorter side < ratio × median shorter side
     aspect_factor: float = 2.5  # aspect ratio more than this factor away from the median
     imbalance: float = 10.0  # largest class count / this class count
     label_issues: bool = True
     max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self):
+        "Refuse values that cannot mean anything, naming the field and its range."
+        if isinstance(self.near_radius, bool) or not isinstance(self.near_radius, (int, np.integer)):
+            raise DataError(f'near_radius must be a whole number of bits from 0 to 63, got {self.near_radius!r}')
+        ranges = dict(near_radius=(0, 63), thumb_tol=(0, 255), thumb_ztol=(0, 10), dark_ratio=(0, 1),
+                      bright_ratio=(0, 1), blur_ratio=(0, 1), flat_ratio=(0, 1), tiny_ratio=(0, 1),
+                      aspect_factor=(1, 1e9), imbalance=(1, 1e12), max_pixels=(1, 1e15))
+        for name, (lo, hi) in ranges.items():
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise DataError(f'quality threshold `{name}` must be between {lo:g} and {hi:g}, got {v!r}')
 
 # %% ../../nbs/14_data.quality.ipynb #b47c9a89
 def _issue(df, mask, issue, score, detail) -> pd.DataFrame:
@@ -270,6 +291,21 @@ def _property_issues(df: pd.DataFrame, t: QualityThresholds) -> list[pd.DataFram
         out.append(_issue(df, ok & gray, 'grayscale', 1.0, 'grayscale in a mostly colour dataset'))
     return out
 
+# %% ../../nbs/14_data.quality.ipynb #382d6878
+def _thumbs_agree(
+    thumbs: np.ndarray,  # (n, 256) uint8 16x16 grayscale thumbnails
+    i: np.ndarray,  # first image of each candidate pair
+    j: np.ndarray,  # second image of each candidate pair
+    t: QualityThresholds,
+) -> np.ndarray:
+    "Whether each pair's thumbnails agree as is (`thumb_tol`) or with mean and contrast normalised (`thumb_ztol`)."
+    th = thumbs.astype(np.float64)
+    sd = th.std(1, keepdims=True)
+    z = (th - th.mean(1, keepdims=True)) / np.maximum(sd, 1.0)
+    plain = np.abs(th[i] - th[j]).mean(1) <= t.thumb_tol
+    textured = (sd[i, 0] >= 4) & (sd[j, 0] >= 4)  # a flat thumbnail has no pattern to normalise: two flat shades differ
+    return plain | (textured & (np.abs(z[i] - z[j]).mean(1) <= t.thumb_ztol))
+
 # %% ../../nbs/14_data.quality.ipynb #c3abfbb8
 def _clusters(n: int, pairs: np.ndarray) -> np.ndarray:
     "Connected components (union-find) of `n` items linked by `pairs`."
@@ -305,11 +341,8 @@ def _duplicate_issues(df: pd.DataFrame, t: QualityThresholds) -> list[pd.DataFra
         )
     )
     pairs = near_duplicate_pairs(sub['phash'].to_numpy(np.uint64), t.near_radius)
-    if len(
-        pairs
-    ):  # confirm on thumbnails: a resized or recompressed copy looks the same at 16x16, a merely similar image does not
-        th = np.stack(sub['thumb'].to_numpy()).astype(np.int16)
-        pairs = pairs[np.abs(th[pairs.i.to_numpy()] - th[pairs.j.to_numpy()]).mean(1) <= t.thumb_tol]
+    if len(pairs):
+        pairs = pairs[_thumbs_agree(np.stack(sub['thumb'].to_numpy()), pairs.i.to_numpy(), pairs.j.to_numpy(), t)]
     same_px = sub['pixel_hash'].to_numpy()
     near = pairs[same_px[pairs.i.to_numpy()] != same_px[pairs.j.to_numpy()]] if len(pairs) else pairs
     comp = _clusters(
@@ -399,6 +432,24 @@ def _label_issues(df: pd.DataFrame, classes: list[str], pred_probs: np.ndarray |
     ]
     return _issue(df, m, 'label_issue', score, sugg)
 
+# %% ../../nbs/14_data.quality.ipynb #dde36a2d
+def _skipped_issues(
+    samples: Samples,  # its `skipped` table holds path and reason
+) -> pd.DataFrame:
+    "`missing_file` and `unreadable` issues for the files the reader skipped (not for junk such as `notes.txt`)."
+    sk = samples.skipped
+    if not len(sk):
+        return pd.DataFrame()
+    reason = sk['reason'].astype(str)
+    missing = reason.isin(['file not found', 'broken symbolic link']).to_numpy()
+    unread = reason.str.match(r'a folder, not a file|not a regular file|cannot reach the file|no read permission')
+    df = pd.DataFrame(dict(image_id=sk['path'].astype(str), path=sk['path'].astype(str), split='', label=''))
+    found = [
+        _issue(df, missing, 'missing_file', 1.0, [f'listed but {r}' for r in reason]),
+        _issue(df, unread.to_numpy(), 'unreadable', 1.0, reason.to_numpy()),
+    ]
+    return pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else pd.DataFrame()
+
 # %% ../../nbs/14_data.quality.ipynb #1a5322af
 def find_issues(
     samples: Samples,
@@ -430,7 +481,7 @@ def find_issues(
             [f'{f} bytes in a {Path(p).suffix} file' for f, p in zip(df['format'], df['path'])],
         ),
     ]
-    parts += _property_issues(df, t) + _duplicate_issues(df, t)
+    parts += [_skipped_issues(samples)] + _property_issues(df, t) + _duplicate_issues(df, t)
     if group is not None:
         if group not in df:
             raise DataError(f'group column `{group}` is not in the samples table; it has {list(samples.df.columns)}')

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib, json
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
-from ..core import CvbenchError, atomic_path, file_digest
+from ..core import CvbenchError, atomic_path, safe_file_digest
 
 # %% auto #0
 __all__ = ['SPLITS', 'REQUIRED', 'DataError', 'Samples', 'load_samples_table']
@@ -120,7 +120,7 @@ def _version(self: Samples) -> str:
     if self._version is None:
         h = hashlib.sha1(json.dumps([self.task, self.classes]).encode())
         for p, l, s in sorted(zip(self.df['path'], self.df['label'].astype(str), self.df['split'])):
-            h.update(f'{p}\0{l}\0{s}\0{file_digest(self.root/p)}\n'.encode())
+            h.update(f'{p}\0{l}\0{s}\0{safe_file_digest(self.root/p)}\n'.encode())
         self._version = h.hexdigest()[:16]
     return self._version
 Samples.version = property(_version)

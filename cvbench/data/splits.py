@@ -56,7 +56,8 @@ def group_split(samples: Samples, groups, valid_pct: float = 0.2, test_pct: floa
     def carve(idx, frac, seed):
         k = max(2, round(1 / frac))
         if len(set(g[idx])) < k:
-            raise DataError(f'only {len(set(g[idx]))} groups: too few to split {frac:.0%} off by group')
+            raise DataError(f'only {len(set(g[idx]))} groups: too few to split {frac:.0%} off by group '
+                            '(near duplicates are kept in one group; `--no-dedup` keeps only your groups)')
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # "least populated class" warnings on small data
             _, held = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, y[idx], g[idx]))

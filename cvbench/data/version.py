@@ -6,21 +6,38 @@ Docs: https://cvbench.github.io/cvbench/data.version.html.md"""
 
 # %% ../../nbs/16_data.version.ipynb #9409f62d
 from __future__ import annotations
+import hashlib, json
 from pathlib import Path
 import pandas as pd
-from ..core import file_digest, write_text
+from ..core import safe_file_digest, write_text
 from .samples import Samples, DataError
 
+
 # %% auto #0
-__all__ = ['manifest', 'save_manifest', 'read_manifest', 'diff_manifests']
+__all__ = ['MANIFEST_COLUMNS', 'manifest', 'save_manifest', 'read_manifest', 'diff_manifests']
 
 # %% ../../nbs/16_data.version.ipynb #3c7fde76
+def _digest(
+    path: Path,  # a file the dataset names
+) -> tuple[int, str]:
+    "Size and SHA-1 of `path`, or `(-1, 'unreadable: REASON')`: one unreadable file never stops a manifest."
+    digest = safe_file_digest(path)
+    return (-1 if digest.startswith('unreadable: ') else path.stat().st_size), digest
+
+
+def _content_version(task: str, classes: list, df: pd.DataFrame) -> str:
+    "The samples table's content version id (as `Samples.version`) from the manifest's own digests."
+    h = hashlib.sha1(json.dumps([task, classes]).encode())
+    for p, l, s, d in sorted(zip(df['path'], df['label'], df['split'], df['sha1'])):
+        h.update(f'{p}\0{l}\0{s}\0{d}\n'.encode())
+    return h.hexdigest()[:16]
+
+
 def manifest(samples: Samples) -> pd.DataFrame:
-    "Per image: path, label, split, bytes and SHA-1 of the file."
+    "Per image: path, label, split, bytes and SHA-1 of the file (`bytes` -1 and the reason for an unreadable file)."
     df = samples.df[['path', 'label', 'split']].astype(str).copy()
-    df['bytes'] = [(samples.root / p).stat().st_size for p in df['path']]
-    df['sha1'] = [file_digest(samples.root / p) for p in df['path']]
-    df.attrs['version'] = samples.version
+    df['bytes'], df['sha1'] = zip(*[_digest(samples.root / p) for p in df['path']]) if len(df) else ([], [])
+    df.attrs['version'] = _content_version(samples.task, samples.classes, df)
     return df.sort_values('path').reset_index(drop=True)
 
 
@@ -29,8 +46,11 @@ def save_manifest(m: pd.DataFrame, path: str | Path) -> Path:
     return write_text(path, f'# cvbench manifest, version {m.attrs.get("version", "")}\n' + m.to_csv(index=False))
 
 
+MANIFEST_COLUMNS = ['path', 'label', 'split', 'bytes', 'sha1']
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    "Read a manifest written by `save_manifest`."
+    "Read a manifest written by `save_manifest`; a damaged one raises `DataError` naming what is wrong."
     p = Path(path)
     if not p.is_file():
         raise DataError(f'manifest {p} does not exist')
@@ -38,13 +58,29 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         first = f.readline(200).decode('utf-8', 'replace').rstrip('\n')
     if not first.startswith('# cvbench manifest'):
         raise DataError(f'{p} is not a cvbench manifest (write one with `cvbench data version DATASET --out FILE`)')
-    m = pd.read_csv(p, comment=None, skiprows=1, dtype=str, keep_default_na=False)
+    try:
+        m = pd.read_csv(p, comment=None, skiprows=1, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas' ParserError, EmptyDataError, UnicodeDecodeError
+        msg = f'{p} is a damaged cvbench manifest ({e}); write it again with `cvbench data version`'
+        raise DataError(msg) from None
+    lacks = [c for c in MANIFEST_COLUMNS if c not in m.columns]
+    if lacks:
+        raise DataError(
+            f'{p} lacks manifest column(s) {lacks}; it has {list(m.columns)}. '
+            'Write it again with `cvbench data version DATASET --out FILE`'
+        )
+    if m['path'].duplicated().any():
+        raise DataError(f'{p} lists `{m.path[m.path.duplicated()].iloc[0]}` twice; a manifest has one row per file')
     m.attrs['version'] = first.rsplit(' ', 1)[-1]
     return m
 
 # %% ../../nbs/16_data.version.ipynb #3eb35747
 def diff_manifests(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     "One row per difference: `added`, `removed`, `changed`, `relabelled` (or moved class), `moved`, `resplit`."
+    for name, m in (('old', old), ('new', new)):
+        lacks = [c for c in ('path', 'label', 'split', 'sha1') if c not in m.columns]
+        if lacks:
+            raise DataError(f'the {name} manifest lacks column(s) {lacks}; it has {list(m.columns)}')
     o, n = old.set_index('path'), new.set_index('path')
     rows = []
     gone = {o.sha1[p]: p for p in o.index.difference(n.index)}
