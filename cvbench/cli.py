@@ -11,8 +11,8 @@ from pathlib import Path
 from .core import CvbenchError, LazyModule, RunDir, load_config, markdown_table
 
 # %% auto #0
-__all__ = ['runs', 'CFG_HELP', 'SOURCE_HELP', 'ROOT', 'PACKAGE', 'BACKEND', 'THREADS', 'SETS_DIR', 'PIPELINE', 'SHIP', 'DATA',
-           'build_parser', 'main']
+__all__ = ['runs', 'CFG_HELP', 'SOURCE_HELP', 'ROOT', 'PACKAGE', 'BACKEND', 'THREADS', 'QUIET', 'SETS_DIR', 'PIPELINE', 'SHIP',
+           'DATA', 'build_parser', 'main']
 
 # %% ../nbs/60_cli.ipynb #8a5dd610
 runs = LazyModule('cvbench.runs')  # imported on first use: `--help` and usage errors answer at once
@@ -25,6 +25,12 @@ def _cfg_args(args: list[str]) -> tuple[str | None, list[str]]:
     return (path[0] if path else None), [a for a in args if '=' in a]
 
 # %% ../nbs/60_cli.ipynb #f083318e
+def _progress(a) -> str:
+    "Training output: `quiet` (warnings only) with --quiet, else bars on a terminal and a line per epoch in a log."
+    if a.quiet:
+        logging.getLogger('cvbench').setLevel(logging.WARNING)
+    return 'quiet' if a.quiet else 'auto'
+
 def _cmd_run(a):
     path, ov = _cfg_args(a.config)
     if a.resume and (path or ov or a.seeds):
@@ -33,14 +39,15 @@ def _cmd_run(a):
         out = runs.run_seeds(load_config(path, ov), a.seeds)
         print(f'runs summary: {out / "summary.md"}\n' + (out / 'summary.md').read_text())
         return
-    rd = runs.run(None if a.resume else load_config(path, ov), resume=a.resume)
+    rd = runs.run(None if a.resume else load_config(path, ov), resume=a.resume, progress=_progress(a))
     print(''.join(f'{k}: {v}\n' for k, v in runs.run_summary(rd).items()), end='')
 
 def _cmd_train(a):
     path, ov = _cfg_args(a.config)
     if a.resume and (path or ov):
         raise CvbenchError('--resume continues a run with its own config; drop the config and overrides')
-    rd = runs.train_run(resume=a.resume) if a.resume else runs.train_run(load_config(path, ov))
+    cfg = None if a.resume else load_config(path, ov)
+    rd = runs.train_run(cfg, resume=a.resume, progress=_progress(a))
     print(f'run directory: {rd}\nmodel: {RunDir(rd).model}')
 
 def _cmd_eval(a):
@@ -143,6 +150,7 @@ ROOT = _arg('--root', help='image root for a CSV manifest')
 PACKAGE = _arg('package', help='a package folder from `cvbench export`')
 BACKEND = _arg('--backend', default='onnx', choices=['onnx', 'torch'], help='inference backend (default: onnx)')
 THREADS = _arg('--threads', type=int, help='inference threads (default: up to 4)')
+QUIET = _arg('--quiet', action='store_true', help='no progress bars or epoch lines, only warnings and the result')
 SETS_DIR = _arg('--sets-dir', default='regression_sets', help='folder of regression sets (default: regression_sets)')
 
 # %% ../nbs/60_cli.ipynb #09d84d36
@@ -150,10 +158,11 @@ PIPELINE = dict(
     run=(_cmd_run, 'train, evaluate and report one run (the main job); no arguments: the bundled quickstart', [
         _arg('config', nargs='*', help=CFG_HELP),
         _arg('--resume', metavar='RUN_DIR', help='continue an interrupted run from its last checkpoint'),
-        _arg('--seeds', nargs='+', type=int, metavar='SEED', help='run once per seed, mean ± std: --seeds 0 1 2')]),
+        _arg('--seeds', nargs='+', type=int, metavar='SEED', help='run once per seed, mean ± std: --seeds 0 1 2'),
+        QUIET]),
     train=(_cmd_train, 'train only (no evaluation or report); writes a run directory with model.safetensors', [
         _arg('config', nargs='*', help=CFG_HELP),
-        _arg('--resume', metavar='RUN_DIR', help='continue an interrupted run')]),
+        _arg('--resume', metavar='RUN_DIR', help='continue an interrupted run'), QUIET]),
     eval=(_cmd_eval, "evaluate a run's model (its validation split, or --data), or a --checkpoint on --data", [
         _arg('run_dir', nargs='?', help='a run directory'),
         _arg('--checkpoint', help='a model.safetensors written by cvbench'),

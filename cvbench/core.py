@@ -206,11 +206,11 @@ class PreprocessConfig:
 class TrainConfig:
     "The fastai fit: one-cycle schedule, batch size, augmentation."
 
-    epochs: int = 8
+    epochs: int = 8  # epochs of the whole run, the frozen warm-up included
     batch_size: int = 64
     lr: float = 3e-3  # peak learning rate of the one-cycle schedule
     weight_decay: float = 0.01
-    freeze_epochs: int = 1  # epochs with a frozen body first, only when starting from pretrained weights
+    freeze_epochs: int = 1  # of `epochs`, body frozen (pretrained weights only); the last epoch always unfreezes
     augment: bool = True
     flip: bool = False  # horizontal flips (wrong for digits and text)
     max_rotate: float = 10.0

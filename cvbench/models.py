@@ -10,7 +10,7 @@ import difflib, json, logging
 from pathlib import Path
 import torch, timm
 from torch import nn
-from safetensors.torch import save_file, load_file, safe_open
+from safetensors.torch import save as safetensors_bytes, load_file, safe_open
 from .core import CvbenchError, atomic_path
 
 # %% auto #0
@@ -151,7 +151,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, arch: str, classes: list
     md = dict(arch=arch, classes=json.dumps(list(classes)), **{k: json.dumps(v) for k, v in meta.items()})
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata=md)
+        tmp.write_bytes(safetensors_bytes(sd, metadata=md))  # a full disk is an OSError, not a SafetensorError
     return Path(path)
 
 

@@ -52,7 +52,7 @@ def start_run(cfg: Config | None, resume: str | Path | None) -> tuple[Config, Ru
     return cfg, rd, samples
 
 # %% ../nbs/55_runs.ipynb #fbc7b310
-def _train_in(cfg: Config, rd: RunDir, samples: Samples, tracker, cbs=None) -> Path:
+def _train_in(cfg: Config, rd: RunDir, samples: Samples, tracker, cbs=None, progress: str = 'auto') -> Path:
     "Train (or continue training) in `rd`, keeping `run.json` current; the task writes the model."
     from cvbench.train.tracking import WandbEpochLogger
 
@@ -62,7 +62,7 @@ def _train_in(cfg: Config, rd: RunDir, samples: Samples, tracker, cbs=None) -> P
     rd.write_status(status='training', **status)
     try:
         cbs = [WandbEpochLogger(tracker), *(cbs or [])]
-        get_task(cfg.task).train(cfg, samples, rd.path, resume=rd.has('last_checkpoint'), cbs=cbs)
+        get_task(cfg.task).train(cfg, samples, rd.path, resume=rd.has('last_checkpoint'), cbs=cbs, progress=progress)
     except BaseException:
         rd.write_status(status='interrupted', **status)
         raise
@@ -74,6 +74,7 @@ def train_run(
     cfg: Config | None = None,  # the run's config; None for the quickstart
     resume: str | Path | None = None,  # a run directory to continue from its last checkpoint
     cbs: list | None = None,  # extra fastai callbacks
+    progress: str = 'auto',  # `auto` (bars on a terminal or notebook, else a line per epoch), `bar`, `log`, `quiet`
 ) -> Path:
     "Train a new run (or resume one); return its run directory, which then holds `model.safetensors`."
     cfg, rd, samples = start_run(cfg, resume)
@@ -81,7 +82,7 @@ def train_run(
 
     tracker = start_tracking(cfg, rd.path, resume=resume is not None)
     try:
-        return _train_in(cfg, rd, samples, tracker, cbs)
+        return _train_in(cfg, rd, samples, tracker, cbs, progress)
     finally:
         tracker.finish()
 
@@ -270,6 +271,7 @@ def run(
     cfg: Config | None = None,  # None for the quickstart
     resume: str | Path | None = None,  # a run directory to continue
     cbs: list | None = None,  # extra fastai callbacks
+    progress: str = 'auto',  # `auto` (bars on a terminal or notebook, else a line per epoch), `bar`, `log`, `quiet`
 ) -> Path:
     "Train, evaluate and report one run; return its run directory."
     t0 = time.time()
@@ -281,7 +283,7 @@ def run(
 
     tracker = start_tracking(cfg, rd.path, resume=resume is not None)
     try:
-        _train_in(cfg, rd, samples, tracker, cbs)
+        _train_in(cfg, rd, samples, tracker, cbs, progress)
         ledger, ev = evaluate_run(rd.path, tracker=tracker)
         files = report_run(rd.path, Path(cfg.reports_dir) / rd.name, ev=ev)
         log_images(tracker, rd.report)

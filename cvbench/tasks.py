@@ -6,6 +6,7 @@ Docs: https://cvbench.github.io/cvbench/tasks.html.md"""
 
 # %% ../nbs/53_tasks.ipynb #436ec257
 from __future__ import annotations
+import difflib, functools, importlib.util, re
 from pathlib import Path
 import pandas as pd
 from .core import Config, ConfigError, EvalConfig, RunDir
@@ -13,8 +14,8 @@ from .data.samples import Samples, DataError
 from .evaluate.ledger import LEDGER_COLUMNS, check_ledger
 
 # %% auto #0
-__all__ = ['TASKS', 'Task', 'register_task', 'get_task', 'eval_settings', 'check_sources', 'check_training_classes',
-           'Classification']
+__all__ = ['TASKS', 'Task', 'register_task', 'get_task', 'eval_settings', 'timm_architectures', 'check_sources',
+           'check_training_classes', 'Classification']
 
 # %% ../nbs/53_tasks.ipynb #a8c4257d
 class Task:
@@ -33,8 +34,9 @@ class Task:
         "The run's samples table: read, decoded once, split."
         self._missing('prepare')
 
-    def train(self, cfg: Config, samples: Samples, run_dir: str | Path, resume: bool = False, cbs: list | None = None):
-        "Train and write the run's model and preprocessing spec."
+    def train(self, cfg: Config, samples: Samples, run_dir: str | Path, resume: bool = False, cbs: list | None = None,
+              progress: str = 'auto'):
+        "Train and write the run's model and preprocessing spec; `progress`: `auto`, `bar`, `log` or `quiet`."
         self._missing('train')
 
     def predict(self, checkpoint: str | Path, samples: Samples, cfg: Config) -> tuple[pd.DataFrame, Samples, dict]:
@@ -106,8 +108,18 @@ def eval_settings(e: EvalConfig) -> dict:
 
 
 # %% ../nbs/53_tasks.ipynb #a030f37c
+@functools.cache
+def timm_architectures() -> frozenset:
+    "timm's registered architecture names, read from its source files without importing it (torch takes seconds)."
+    spec = importlib.util.find_spec('timm')
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    files = (Path(spec.submodule_search_locations[0]) / 'models').glob('*.py')
+    return frozenset(n for f in files for n in re.findall(r'@register_model\s*\ndef\s+(\w+)', f.read_text()))
+
+
 def check_sources(cfg: Config) -> Config:
-    "Check that the data source and the pretrained weights file exist, before any heavy import or data scan."
+    "Check the data source, the weights file and the model name before any heavy import or data scan."
     from cvbench.data.datasets import BUNDLED
 
     src = cfg.data.source
@@ -118,6 +130,11 @@ def check_sources(cfg: Config) -> Config:
     if pretrained not in (None, 'bundled') and not Path(pretrained).is_file():
         raise ConfigError(f'`model.pretrained`: weights file {pretrained} does not exist; '
                           'pass a local .safetensors/.pth file, `bundled`, or null to train from scratch')
+    names, arch = timm_architectures(), cfg.model.name.split('.')[0]
+    if names and arch not in names:
+        close = difflib.get_close_matches(arch, sorted(names), n=3, cutoff=0.6)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise ConfigError(f'`model.name`: unknown timm model `{cfg.model.name}`{hint} (see `timm.list_models()`)')
     return cfg
 
 
@@ -153,12 +170,12 @@ class Classification(Task):
         check_model_name(cfg.model.name)  # before the data scan, not after it
         return check_training_classes(prepare_samples(cfg))
 
-    def train(self, cfg, samples, run_dir, resume=False, cbs=None):
+    def train(self, cfg, samples, run_dir, resume=False, cbs=None, progress='auto'):
         from cvbench.train.learner import train
         from cvbench.models import save_checkpoint
         from cvbench.transforms import spec_from_config
 
-        learn = train(cfg, samples, run_dir, resume=resume, cbs=cbs)
+        learn = train(cfg, samples, run_dir, resume=resume, cbs=cbs, progress=progress)
         rd, spec = RunDir(run_dir), spec_from_config(cfg.preprocess)
         save_checkpoint(learn.model, rd.model, cfg.model.name, samples.classes, preprocess=spec.to_dict(),
                         data_version=samples.version)

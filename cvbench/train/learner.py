@@ -6,12 +6,15 @@ Docs: https://cvbench.github.io/cvbench/train.learner.html.md"""
 
 # %% ../../nbs/22_train.learner.ipynb #5cc636f7
 from __future__ import annotations
-import logging, random
+import logging, random, sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import nn
+from fastcore.basics import noop
 from fastcore.foundation import L
+from fastcore.imports import IN_NOTEBOOK
 from fastai.vision.all import Learner, DataLoaders, TfmdDL, Callback, Recorder, accuracy, OptimWrapper
+from fastai.vision.all import CancelFitException, ProgressCallback, find_bs
 from functools import partial
 from ..core import Config, CvbenchError, RunDir, seed_everything, atomic_path
 from ..data.samples import Samples, DataError
@@ -20,9 +23,10 @@ from ..data.splits import split_samples
 from ..models import create_model, body_head_splitter, save_checkpoint
 from ..transforms import PreprocessSpec, SpecImageDataset, spec_batch_tfms, spec_from_config
 
+
 # %% auto #0
-__all__ = ['log', 'prepare_samples', 'build_dataloaders', 'ReplaySeed', 'RunCheckpoint', 'resolve_device', 'build_learner',
-           'train', 'load_resume_state', 'load_best']
+__all__ = ['log', 'prepare_samples', 'build_dataloaders', 'ReplaySeed', 'EpochMeanLoss', 'RunCheckpoint', 'progress_mode',
+           'epoch_line', 'EpochLog', 'resolve_device', 'build_learner', 'train', 'load_resume_state', 'load_best']
 
 # %% ../../nbs/22_train.learner.ipynb #b0817940
 log = logging.getLogger(__name__)
@@ -91,6 +95,33 @@ class ReplaySeed(Callback):
         if self.training:
             self._seed(self.iter + 1)
 
+# %% ../../nbs/22_train.learner.ipynb #3b1bc80a
+class EpochMeanLoss(Callback):
+    "Make fastai's `train_loss` the epoch's mean training loss and its `epoch` the run's epoch (phases included)."
+
+    order = Recorder.order + 1  # after `Recorder` has started and closed each row
+
+    def __init__(
+        self,
+        offset: int = 0,  # epochs of earlier phases
+    ):
+        self.offset = offset
+
+    def before_epoch(self):
+        self.total, self.count = 0.0, 0
+        self.recorder.log[0] = self.offset + self.epoch
+
+    def after_batch(self):
+        if self.training and len(self.yb):
+            bs = find_bs(self.yb)
+            self.total += self.loss.detach().float().item() * bs
+            self.count += bs
+
+    def after_train(self):
+        if self.count:
+            self.recorder.log[1] = self.total / self.count
+
+
 # %% ../../nbs/22_train.learner.ipynb #e3dd8d9e
 def _plain(o):
     "Numpy scalars → Python numbers, recursively, so the state loads with `weights_only=True`."
@@ -100,11 +131,24 @@ def _plain(o):
     if isinstance(o, np.ndarray): return o.tolist()
     return o
 
-# %% ../../nbs/22_train.learner.ipynb #acc93558
-class RunCheckpoint(Callback):
-    "Save `last.pt` (resume state), `best.safetensors` (lowest valid loss) and `history.csv` after each epoch."
 
-    order = Recorder.order + 1
+def _write_history(rd: RunDir, history: list[dict]):
+    "Write the rows of `history` to the run's `history.csv` atomically."
+    with atomic_path(rd.history) as t:
+        pd.DataFrame(history).to_csv(t, index=False)
+
+
+# %% ../../nbs/22_train.learner.ipynb #acc93558
+def _save_state(state: dict, path: Path):
+    "`torch.save` `state` to `path` atomically, through a Python file so that a full disk raises `OSError`."
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(state, f)
+
+
+class RunCheckpoint(Callback):
+    "Save `best.safetensors` (lowest valid loss), `history.csv`, then `last.pt` (resume state) after each epoch."
+
+    order = EpochMeanLoss.order + 1
 
     def __init__(
         self,
@@ -120,43 +164,81 @@ class RunCheckpoint(Callback):
         self.rd, self.arch, self.classes, self.spec = RunDir(run_dir), arch, classes, spec
         self.offset, self.start_epoch = offset, start_epoch
         self.history, self.best = history if history is not None else [], best
+        self.error = None  # a failed write, raised again by `train` once fastai has stopped
 
-    def before_epoch(self):
-        self._sum, self._n = 0.0, 0
-
-    def after_batch(self):
-        if self.training:
-            self._sum += self.loss.detach().item() * len(self.yb[0])
-            self._n += len(self.yb[0])
-
-    def after_epoch(self):
-        if self.epoch < self.start_epoch:
-            return  # skipped while resuming
+    def _row(self) -> dict:
+        "This epoch's history row, from fastai's record (`train_loss` is the epoch mean, see `EpochMeanLoss`)."
         rec = dict(zip(self.recorder.metric_names[1:], self.recorder.log[1:]))
-        ep = self.offset + self.epoch
-        rec['train_loss'] = self._sum / max(self._n, 1)  # the epoch mean (fastai's is a running average across epochs)
-        row = dict(
-            epoch=ep,
-            **{k: (float(v) if k != 'time' else v) for k, v in rec.items()},
-            lr=float(self.opt.hypers[-1]['lr']),
-        )
-        self.history = [h for h in self.history if h['epoch'] < ep] + [row]
+        rec = {k: (float(v) if k != 'time' else v) for k, v in rec.items()}
+        return dict(epoch=self.offset + self.epoch, **rec, lr=float(self.opt.hypers[-1]['lr']))
+
+    def _save(self, row: dict):
+        ep = row['epoch']
         if row['valid_loss'] < self.best:
             self.best = row['valid_loss']
             save_checkpoint(
                 self.model, self.rd.best_checkpoint, self.arch, self.classes, preprocess=self.spec.to_dict(), epoch=ep
             )
-        state = dict(
-            epoch=ep + 1,
-            best=self.best,
-            history=self.history,
-            model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            opt=_plain(self.opt.state_dict()),
-        )
-        with atomic_path(self.rd.last_checkpoint) as t:
-            torch.save(state, t)
-        with atomic_path(self.rd.history) as t:
-            pd.DataFrame(self.history).to_csv(t, index=False)
+        _write_history(self.rd, self.history)
+        model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        opt = _plain(self.opt.state_dict())
+        state = dict(epoch=ep + 1, best=self.best, history=self.history, model=model, opt=opt)
+        _save_state(state, self.rd.last_checkpoint)  # last: the commit point of the epoch
+
+    def after_epoch(self):
+        if self.epoch < self.start_epoch:
+            return  # skipped while resuming
+        row = self._row()
+        self.history = [h for h in self.history if h['epoch'] < row['epoch']] + [row]
+        try:
+            self._save(row)
+        except Exception as e:  # a failed write: fastai would rewrite its message, `train` raises it as it is
+            self.error = e
+            raise CancelFitException() from e
+
+
+# %% ../../nbs/22_train.learner.ipynb #522c81c9
+def progress_mode(
+    progress: str = 'auto',  # `auto`, `bar`, `log` or `quiet`
+) -> str:
+    "How `train` reports: `bar` in a notebook or on a terminal, else `log` (one line per epoch); `quiet`: nothing."
+    modes = ('auto', 'bar', 'log', 'quiet')
+    if progress not in modes:
+        raise CvbenchError(f'progress={progress!r} is not one of {", ".join(modes)}')
+    if progress != 'auto':
+        return progress
+    isatty = getattr(sys.stdout, 'isatty', lambda: False)
+    return 'bar' if IN_NOTEBOOK or isatty() else 'log'
+
+
+# %% ../../nbs/22_train.learner.ipynb #1a99caa9
+def epoch_line(
+    row: dict,  # a `history.csv` row
+    total: int,  # epochs of the run
+) -> str:
+    "One line for the log: `epoch 3/8  train_loss 0.4210  valid_loss 0.3977  accuracy 0.8861  lr 1.2e-03  00:04`."
+    skip = ('epoch', 'lr', 'time')
+    vals = '  '.join(f'{k} {v:.4f}' for k, v in row.items() if k not in skip)
+    return f"epoch {row['epoch'] + 1}/{total}  {vals}  lr {row['lr']:.1e}  {row.get('time', '')}".rstrip()
+
+
+class EpochLog(Callback):
+    "Log each finished epoch as one line through `logging` (for logs and pipes, where bars would be noise)."
+
+    order = RunCheckpoint.order + 1
+
+    def __init__(
+        self,
+        total: int,  # epochs of the run
+    ):
+        self.total = total
+
+    def after_epoch(self):
+        ck = getattr(self.learn, 'run_checkpoint', None)
+        if ck is None or not ck.history or ck.history[-1]['epoch'] != ck.offset + self.epoch:
+            return  # an epoch skipped while resuming
+        log.info(epoch_line(ck.history[-1], self.total))
+
 
 # %% ../../nbs/22_train.learner.ipynb #d39bad76
 def resolve_device(name: str) -> torch.device:
@@ -191,31 +273,53 @@ def build_learner(cfg: Config, samples: Samples, spec: PreprocessSpec, cbs=None)
 
 # %% ../../nbs/22_train.learner.ipynb #bc6e88ef
 def _phases(cfg: Config) -> list[dict]:
-    "The fit phases: optional frozen warm-up, then the main one-cycle fit (fastai's `fine_tune` recipe)."
+    "The fit phases, `train.epochs` in all: from pretrained weights a frozen warm-up first (fastai's `fine_tune`)."
     t = cfg.train
-    if cfg.model.pretrained and t.freeze_epochs > 0:
-        return [dict(n=t.freeze_epochs, frozen=True, lr=slice(t.lr), pct_start=0.99, div=25.),
-                dict(n=t.epochs, frozen=False, lr=slice(t.lr / 200, t.lr / 2), pct_start=0.3, div=5.)]
-    return [dict(n=t.epochs, frozen=False, lr=t.lr, pct_start=0.25, div=25.)]
+    if not cfg.model.pretrained:
+        return [dict(n=t.epochs, frozen=False, lr=t.lr, pct_start=0.25, div=25.)]
+    n_frozen = max(0, min(t.freeze_epochs, t.epochs - 1))  # inside `epochs`; one epoch at least trains everything
+    main = dict(n=t.epochs - n_frozen, frozen=False, lr=slice(t.lr / 200, t.lr / 2), pct_start=0.3, div=5.)
+    return [dict(n=n_frozen, frozen=True, lr=slice(t.lr), pct_start=0.99, div=25.)] * (n_frozen > 0) + [main]
+
 
 # %% ../../nbs/22_train.learner.ipynb #416e8035
+def _set_progress(learn: Learner, mode: str, total: int) -> list:
+    "Set up `learn`'s reporting for `mode` (see `progress_mode`); return the callbacks each fit needs."
+    if mode == 'bar':
+        return []
+    learn.remove_cb(ProgressCallback)
+    learn.logger = noop  # else fastai prints each row as a raw list
+    return [EpochLog(total)] if mode == 'log' else []
+
+
+def _resume(learn: Learner, run_dir: Path) -> dict:
+    "Load the resume state of `run_dir` into `learn.model`; tidy what a killed run left half-written."
+    rd, state = RunDir(run_dir), load_resume_state(run_dir)
+    learn.model.load_state_dict(state['model'])
+    for p in [*rd.last_checkpoint.parent.glob('.*.tmp'), *rd.path.glob(f'.{rd.history.name}.*.tmp')]:
+        p.unlink(missing_ok=True)  # temporary files of a write that was killed
+    _write_history(rd, state['history'])  # a kill after `history.csv` and before `last.pt` left it one epoch ahead
+    return state
+
+
+# %% ../../nbs/22_train.learner.ipynb #c780409f
 def train(
     cfg: Config,
     samples: Samples,
     run_dir: str | Path,
     resume: bool = False,  # continue from `run_dir/checkpoints/last.pt`
     cbs: list | None = None,  # extra fastai callbacks (tracking, tests)
+    progress: str = 'auto',  # `bar`, `log` (one line per epoch), `quiet`; `auto`: bars only in a notebook or terminal
 ) -> Learner:
     "Fit the model of `cfg` on `samples`, checkpointing into `run_dir`; return the learner with the best weights."
-    run_dir, spec = Path(run_dir), spec_from_config(cfg.preprocess)
+    run_dir, spec, mode = Path(run_dir), spec_from_config(cfg.preprocess), progress_mode(progress)
     learn = build_learner(cfg, samples, spec, cbs)
-    done, history, best = 0, [], float('inf')
-    if resume:
-        state = load_resume_state(run_dir)
-        done, history, best = state['epoch'], state['history'], state['best']
-        learn.model.load_state_dict(state['model'])
+    state = _resume(learn, run_dir) if resume else dict(epoch=0, history=[], best=float('inf'))
+    done, history, best = state['epoch'], state['history'], state['best']
+    phases = _phases(cfg)
+    report = _set_progress(learn, mode, sum(ph['n'] for ph in phases))
     offset = 0
-    for ph in _phases(cfg):
+    for ph in phases:
         if done >= offset + ph['n']:
             offset += ph['n']
             continue
@@ -229,11 +333,14 @@ def train(
             pct_start=ph['pct_start'],
             div=ph['div'],
             start_epoch=max(0, done - offset),
-            cbs=[ReplaySeed(cfg.seed, offset), ck],
+            cbs=[ReplaySeed(cfg.seed, offset), EpochMeanLoss(offset), ck, *report],
         )
+        if ck.error:
+            raise ck.error  # a checkpoint could not be written (full disk, read-only folder)
         history, best, offset = ck.history, ck.best, offset + ph['n']
     load_best(learn, run_dir)
     return learn
+
 
 # %% ../../nbs/22_train.learner.ipynb #8988c938
 def load_resume_state(run_dir: str | Path) -> dict:
