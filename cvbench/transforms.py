@@ -6,16 +6,19 @@ Docs: https://cvbench.github.io/cvbench/transforms.html.md"""
 
 # %% ../nbs/21_transforms.ipynb #94c2bc06
 from __future__ import annotations
-from dataclasses import dataclass, asdict
+import json, warnings
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
 from .core import CvbenchError, write_json, read_json
-from .data.images import open_image
+from .data.images import open_image, MAX_PIXELS
+
 
 # %% auto #0
-__all__ = ['RESIZE_METHODS', 'PreprocessSpec', 'resize_image', 'to_tensor', 'load_spec', 'spec_from_config', 'SpecResize',
-           'spec_batch_tfms', 'SpecImageDataset']
+__all__ = ['RESIZE_METHODS', 'MODEL_OUTPUT', 'SPEC_FORMAT', 'PreprocessSpec', 'resize_image', 'to_tensor', 'decode_steps',
+           'preprocess_steps', 'describe', 'load_spec', 'spec_from_config', 'SpecResize', 'spec_batch_tfms',
+           'SpecImageDataset']
 
 # %% ../nbs/21_transforms.ipynb #3ea746c5
 RESIZE_METHODS = ('squash', 'crop', 'pad')
@@ -47,6 +50,9 @@ class PreprocessSpec:
             raise CvbenchError(f'preprocess.resize must be one of {RESIZE_METHODS}, got `{self.resize}`')
         if len(self.mean) != 3 or len(self.std) != 3:
             raise CvbenchError('preprocess.mean and preprocess.std need 3 values (R, G, B)')
+        if self.interpolation.upper() not in Image.Resampling.__members__:
+            raise CvbenchError(f'preprocess.interpolation must be a Pillow filter such as bilinear or bicubic, '
+                               f'got `{self.interpolation}`')
         if min(self.std) <= 0:
             raise CvbenchError(f'preprocess.std must be positive, got {self.std}')
         if self.channel_order != 'RGB' or self.layout != 'NCHW' or self.dtype != 'float32':
@@ -87,24 +93,155 @@ def _call(self: PreprocessSpec, src) -> torch.Tensor:
     return self.to_tensor(self.resize_image(open_image(src)))
 PreprocessSpec.__call__ = _call
 
+# %% ../nbs/21_transforms.ipynb #f50fc50a
+_SIXTEEN_BIT = ['I;16', 'I;16B', 'I;16L']
+_ALPHA_MODES = ['RGBA', 'LA', 'PA', 'La', 'RGBa']
+
+
+def decode_steps(max_pixels: int = MAX_PIXELS) -> list[dict]:
+    "What `open_image` does before any resizing, as steps another program can follow (Pillow calls named)."
+    return [
+        dict(op='decode', library='Pillow', call='PIL.Image.open', frame='first', max_pixels=max_pixels,
+             doc=f'Decode the file with Pillow (first frame of animations); refuse images over {max_pixels} pixels.'),
+        dict(op='exif_orientation', call='PIL.ImageOps.exif_transpose', tag=274,
+             doc='Apply the EXIF Orientation tag (274) first, so the image is upright as a viewer shows it.'),
+        dict(op='bit_depth', modes=[*_SIXTEEN_BIT, 'I', 'F'], result_mode='L',
+             rules=[dict(modes=_SIXTEEN_BIT, full_scale=65535.0),
+                    dict(modes=['F'], max_at_most=1.0, full_scale=1.0),
+                    dict(modes=['I', 'F'], max_above=255.0, full_scale=65535.0),
+                    dict(modes=['I', 'F'], full_scale=255.0)],
+             formula='uint8(clip(value / full_scale * 255 + 0.5, 0, 255))',
+             doc='16-bit and 32-bit images become 8-bit grayscale: divided by full scale (65535 for 16-bit, '
+                 'first matching rule), times 255, rounded.'),
+        dict(op='palette', modes=['P'], to='RGBA if the image has a transparency entry else RGB',
+             call="Image.convert('RGBA') or Image.convert('RGB')", doc='Palette images are expanded to RGB(A).'),
+        dict(op='alpha', modes=_ALPHA_MODES, background=[0, 0, 0],
+             call="PIL.Image.alpha_composite(Image.new('RGBA', size, (0, 0, 0, 255)), image.convert('RGBA'))",
+             doc='Transparent images are composited over opaque black (not white), then alpha is dropped.'),
+        dict(op='to_rgb', call="Image.convert('RGB')",
+             doc='Everything else becomes RGB by Pillow: grayscale (L) is replicated to three channels.'),
+    ]
+
+
+# %% ../nbs/21_transforms.ipynb #33b1be16
+def _resize_steps(spec: PreprocessSpec) -> list[dict]:
+    "The resize of `resize_image` as steps."
+    (h, w), f = spec.size, spec.interpolation
+    filt = dict(library='Pillow', call=f'PIL.Image.resize(size, Image.Resampling.{f.upper()})', filter=f,
+                antialias=f != 'nearest')
+    why = (f"Pillow's `{f}` filter widens its support when it shrinks (antialiased); "
+           "OpenCV's resize and torch's interpolate without antialias give other pixels.")
+    if spec.resize == 'squash':
+        return [dict(op='resize', method='squash', size_hw=[h, w], **filt,
+                     doc=f'Resize to {w}x{h} (width x height) ignoring the aspect ratio. {why}')]
+    fit = 'max' if spec.resize == 'crop' else 'min'
+    steps = [dict(op='resize', method=spec.resize, size_hw=[h, w], scale=f'{fit}({w} / width, {h} / height)',
+                  new_size='(max(1, round(width * scale)), max(1, round(height * scale)))', rounding='half to even',
+                  **filt, doc=f'Scale by {fit}({w}/width, {h}/height) keeping the aspect ratio. {why}')]
+    if spec.resize == 'crop':
+        return steps + [dict(op='center_crop', size_hw=[h, w], box='(left, top) = ((nw - w) // 2, (nh - h) // 2)',
+                             doc=f'Cut the central {w}x{h} window.')]
+    return steps + [dict(op='pad', size_hw=[h, w], fill=[0, 0, 0], offset='((w - nw) // 2, (h - nh) // 2)',
+                         doc=f'Paste the image centred on a black {w}x{h} canvas.')]
+
+
+def preprocess_steps(spec: PreprocessSpec) -> list[dict]:
+    "Every step from an image file to the model input, in order, as data another program can follow."
+    return decode_steps() + _resize_steps(spec) + [
+        dict(op='to_array', dtype='uint8', layout='HWC', channel_order=spec.channel_order,
+             doc='Take the pixels as a height x width x 3 uint8 array, channels in RGB order.'),
+        dict(op='scale', multiply_by=spec.scale, dtype=spec.dtype,
+             doc=f'Convert to {spec.dtype} and multiply by {spec.scale:.6g} (1/255 maps 0..255 to 0..1).'),
+        dict(op='normalize', mean=list(spec.mean), std=list(spec.std), formula='(x - mean[c]) / std[c]',
+             doc=f'Per channel: subtract mean {list(spec.mean)}, divide by std {list(spec.std)}.'),
+        dict(op='layout', layout=spec.layout, input_name='input', dtype=spec.dtype,
+             doc='Transpose to channels-first and stack images on a new first axis: NCHW, input name `input`.'),
+    ]
+
+
+MODEL_OUTPUT = dict(
+    name='logits', kind='logits', shape=['batch', 'classes'],
+    probabilities='softmax over the class axis', classes='in the order of `classes` (package.json, checkpoint)',
+    doc='The model returns logits (not probabilities): softmax over the class axis gives probabilities, '
+        'in the order of the package\'s `classes`.',
+)
+
+
 # %% ../nbs/21_transforms.ipynb #250cf365
-def _to_dict(self: PreprocessSpec) -> dict: return asdict(self)
+SPEC_FORMAT = 'cvbench-preprocess/1'  # the layout of `preprocess.json`
+_DESCRIPTION_KEYS = ('format', 'steps', 'output')  # written for readers; the parameters alone define the spec
+_UNCOMPARED = ('doc', 'call', 'max_pixels')  # wording and guards, which may change without changing any pixel
+
+
+def _to_dict(self: PreprocessSpec) -> dict:
+    "The spec's parameters (what a checkpoint stores)."
+    return asdict(self)
 PreprocessSpec.to_dict = _to_dict
 
-def _save(self: PreprocessSpec, path: str|Path) -> Path: return write_json(path, self.to_dict())
+
+def describe(self: PreprocessSpec) -> dict:
+    "The parameters plus every step from file to input and the model's output: the content of `preprocess.json`."
+    return dict(self.to_dict(), format=SPEC_FORMAT, steps=preprocess_steps(self), output=MODEL_OUTPUT)
+PreprocessSpec.describe = describe
+
+
+def _save(self: PreprocessSpec, path: str | Path) -> Path:
+    "Write `describe()` to `path` (JSON)."
+    return write_json(path, self.describe())
 PreprocessSpec.save = _save
 
-def load_spec(src: str|Path|dict) -> PreprocessSpec:
-    "A `PreprocessSpec` from a JSON file or a dict."
-    d = src if isinstance(src, dict) else read_json(src)
-    return PreprocessSpec(**d)
+
+# %% ../nbs/21_transforms.ipynb #6d8d7613
+def _comparable(steps: list) -> list:
+    "`steps` as plain JSON values, without wording and guards."
+    return [{k: v for k, v in s.items() if k not in _UNCOMPARED} for s in json.loads(json.dumps(steps))]
+
+
+def _read_spec_file(path: Path) -> dict:
+    "The JSON object in `path`, or a `CvbenchError` that names the file and the fix."
+    try:
+        d = read_json(path)
+    except FileNotFoundError:
+        raise CvbenchError(f'{path} does not exist; every model needs its preprocess.json (export it again)') from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CvbenchError(f'{path} is not a readable JSON file ({e}); export the package again') from None
+    if not isinstance(d, dict):
+        raise CvbenchError(f'{path} must hold a JSON object of preprocessing parameters; export the package again')
+    return d
+
+
+def load_spec(
+    src: str | Path | dict,  # a `preprocess.json` file, or its content
+) -> PreprocessSpec:
+    "A `PreprocessSpec` from a file or a dict; written `steps` must be the ones this cvbench applies."
+    where = 'preprocessing spec' if isinstance(src, dict) else str(src)
+    d = src if isinstance(src, dict) else _read_spec_file(Path(src))
+    params = {k: v for k, v in d.items() if k not in _DESCRIPTION_KEYS}
+    names = [f.name for f in fields(PreprocessSpec)]
+    unknown, missing = sorted(set(params) - set(names)), [n for n in names if n not in params]
+    if unknown or missing:
+        raise CvbenchError(f'{where}: unknown key(s) {unknown}, missing key(s) {missing}; it needs exactly {names}')
+    try:
+        spec = PreprocessSpec(**params)
+    except (TypeError, ValueError) as e:
+        raise CvbenchError(f'{where}: invalid value ({e}); export the package again') from None
+    if 'steps' in d and _comparable(d['steps']) != _comparable(preprocess_steps(spec)):
+        raise CvbenchError(f'{where}: its `steps` differ from what this cvbench applies for the same parameters, so '
+                           f'predictions would differ from the evaluated ones; use the cvbench that wrote it '
+                           f'({d.get("format")}) or export the package again')
+    return spec
+
 
 def spec_from_config(pc) -> PreprocessSpec:
     "The spec described by a `PreprocessConfig`."
     return PreprocessSpec(size=pc.size, resize=pc.resize, mean=pc.mean, std=pc.std)
 
+
 # %% ../nbs/21_transforms.ipynb #4397e174
-from fastai.vision.all import Transform, PILImage, TensorImage, IntToFloatTensor, Normalize, aug_transforms
+# fastai scripts a few layers at import; torch 2.14's deprecation of that is not the user's to act on
+with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    from fastai.vision.all import Transform, PILImage, TensorImage, IntToFloatTensor, Normalize, aug_transforms
 
 
 class SpecResize(Transform):

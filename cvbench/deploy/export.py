@@ -6,16 +6,17 @@ Docs: https://cvbench.github.io/cvbench/deploy.export.html.md"""
 
 # %% ../../nbs/41_deploy.export.ipynb #2e6ab31f
 from __future__ import annotations
-import logging, shutil, tempfile, warnings
+import logging, shutil, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
-from ..core import CvbenchError, RunDir, load_config, read_json, write_text, config_to_dict
+from ..core import CvbenchError, RunDir, atomic_dir, load_config, read_json, write_text, config_to_dict
 from ..data.images import open_image
 from ..data.samples import load_samples_table
 from ..models import load_checkpoint
 from ..transforms import PreprocessSpec, SpecImageDataset, load_spec, spec_batch_tfms
-from .package import PackageDir, finalize_package, model_card, PackageError
+from .package import PackageDir, write_manifest, model_card, PackageError
 
 
 # %% auto #0
@@ -59,11 +60,21 @@ def golden_images(paths: list, out: str | Path, n: int = 16) -> list[Path]:
     return gold
 
 # %% ../../nbs/41_deploy.export.ipynb #3f538ed8
+@contextmanager
+def _known_deprecations():
+    "Silence torch's notices that TorchScript and its ONNX exporter are deprecated (nothing to act on); nothing else."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.\w+` is deprecated', category=FutureWarning)
+        warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based ONNX export',
+                                category=DeprecationWarning)
+        warnings.filterwarnings('ignore', message='The feature will be removed', category=DeprecationWarning)
+        yield
+
+
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path) -> Path:
     "ONNX export with a dynamic batch axis (TorchScript-based exporter, opset 17); input `input`, output `logits`."
     x = torch.zeros(1, 3, *spec.size)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+    with _known_deprecations():
         torch.onnx.export(
             model.eval(),
             x,
@@ -81,12 +92,21 @@ def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path) 
 
 
 def export_torchscript(model: torch.nn.Module, spec: PreprocessSpec, path: str | Path) -> Path:
-    "TorchScript by tracing (the model's control flow does not depend on the input)."
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        ts = torch.jit.trace(model.eval(), torch.zeros(2, 3, *spec.size))
-        ts.save(str(path))
+    "TorchScript by `torch.jit.trace`, checked on batches of 1 and 3: a trace that depends on its input is refused."
+    g = torch.Generator().manual_seed(0)  # leaves the global random state alone
+    checks = [(torch.randn(n, 3, *spec.size, generator=g),) for n in (1, 3)]
+    with _known_deprecations(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', torch.jit.TracerWarning)
+        try:
+            ts = torch.jit.trace(model.eval(), torch.zeros(2, 3, *spec.size), check_inputs=checks, check_tolerance=1e-5)
+        except torch.jit.TracingCheckError as e:
+            caught.append(warnings.WarningMessage(str(e), torch.jit.TracerWarning, __file__, 0))
+    bad = [str(w.message).splitlines()[0][:160] for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if bad:
+        raise ExportParityError(f'the model cannot be traced faithfully ({bad[0]}); export with `--format onnx` only')
+    ts.save(str(path))
     return Path(path)
+
 
 # %% ../../nbs/41_deploy.export.ipynb #3639279b
 @torch.no_grad()
@@ -117,7 +137,7 @@ def run_onnx(path, x: np.ndarray) -> np.ndarray:
 
 
 def run_torchscript(path, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
+    with torch.no_grad(), _known_deprecations():
         return torch.jit.load(str(path)).eval()(torch.from_numpy(x)).numpy()
 
 # %% ../../nbs/41_deploy.export.ipynb #f802e779
@@ -205,7 +225,7 @@ def _manifest(rd: RunDir, meta: dict, spec: PreprocessSpec, exports: dict, parit
     from cvbench import __version__
 
     return dict(name=rd.name, run=rd.name, arch=meta['arch'], classes=meta['classes'],
-                formats=['safetensors', *exports], preprocess=spec.to_dict(), data_version=meta.get('data_version'),
+                formats=['safetensors', *exports], preprocess=spec.describe(), data_version=meta.get('data_version'),
                 cvbench_version=__version__, parity=parity.to_dict('records'), latency=latency)
 
 
@@ -225,10 +245,10 @@ def export_package(
     model, meta = load_checkpoint(rd.model)
     spec = load_spec(meta['preprocess'])
     out = Path(out) if out else rd.package
-    pk = PackageDir(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent if out.parent.exists() else None))
-    try:
+    valid = load_samples_table(rd.samples).subset('valid')
+    with atomic_dir(out) as staging:  # the old package stays until this one is complete
+        pk = PackageDir(staging)
         exports = _stage_models(model, spec, rd.model, pk, formats)
-        valid = load_samples_table(rd.samples).subset('valid')
         parity = parity_check(model, spec, golden_images(valid.paths(), pk.golden, n_golden), exports)
         if not parity.passed.all():
             table = parity.to_string(index=False)
@@ -238,8 +258,6 @@ def export_package(
         _copy_evidence(rd, pk)
         manifest = _manifest(rd, meta, spec, exports, parity, latency)
         write_text(pk.card, _card(rd, manifest, parity))
-        return finalize_package(pk.path, out, manifest)
-    finally:
-        if pk.path.exists():
-            shutil.rmtree(pk.path, ignore_errors=True)
+        write_manifest(pk.path, manifest)
+    return out
 

@@ -6,17 +6,19 @@ Docs: https://cvbench.github.io/cvbench/deploy.package.html.md"""
 
 # %% ../../nbs/40_deploy.package.ipynb #d4bddac9
 from __future__ import annotations
-import datetime, shutil
+import datetime, logging, shutil
 from pathlib import Path
 import pandas as pd
-from ..core import CvbenchError, KnownFiles, RUN_FILES, write_json, read_json, markdown_table, file_digest
+from ..core import CvbenchError, KnownFiles, RUN_FILES, atomic_dir, write_json, read_json, markdown_table
+from ..core import file_digest
 
 
 # %% auto #0
-__all__ = ['PACKAGE_FILES', 'TRUSTED_WEIGHTS', 'PackageDir', 'PackageError', 'sha256', 'finalize_package', 'read_package',
-           'model_card']
+__all__ = ['log', 'PACKAGE_FILES', 'MANIFEST_KEYS', 'TRUSTED_WEIGHTS', 'PackageDir', 'PackageError', 'sha256', 'write_manifest',
+           'finalize_package', 'check_onnx_input', 'read_package', 'model_card']
 
 # %% ../../nbs/40_deploy.package.ipynb #8bc24aa7
+log = logging.getLogger(__name__)
 PACKAGE_FILES = dict(
     manifest='package.json',  # name, classes, formats, SHA-256 of every file, parity, latency
     model=RUN_FILES['model'],  # the weights, self-describing
@@ -30,6 +32,7 @@ PACKAGE_FILES = dict(
     parity='golden/parity.csv',
     bench='bench',  # written by `cvbench bench`
 )
+MANIFEST_KEYS = ('name', 'classes', 'formats', 'preprocess', 'files')  # what every reader relies on
 
 
 class PackageDir(KnownFiles):
@@ -46,43 +49,156 @@ TRUSTED_WEIGHTS = ('.safetensors', '.onnx', '.ts')
 
 
 def sha256(path: str | Path) -> str:
+    "The SHA-256 hex digest of a file."
     return file_digest(path, 'sha256')
 
 
-def finalize_package(tmp: Path, dest: Path, manifest: dict) -> Path:
-    "Hash every file of the staged package `tmp`, write `package.json`, and move it to `dest` (replacing an older one)."
-    pk = PackageDir(tmp)
-    files = {
-        p.relative_to(tmp).as_posix(): sha256(p)
-        for p in sorted(tmp.rglob('*'))
-        if p.is_file() and p != pk.manifest
-    }
+# %% ../../nbs/40_deploy.package.ipynb #ccc0a95b
+def write_manifest(
+    folder: Path,  # a staged package folder
+    manifest: dict,  # name, classes, formats, preprocess, ...
+) -> dict:
+    "Hash every file of `folder` and write `package.json` with `manifest`, the hashes and the time."
+    pk = PackageDir(folder)
+    files = {p.relative_to(folder).as_posix(): sha256(p)
+             for p in sorted(Path(folder).rglob('*')) if p.is_file() and p != pk.manifest}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-    write_json(pk.manifest, dict(manifest, files=files, created=created))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    old = dest.with_name(f'.{dest.name}.old')
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
+    m = dict(manifest, files=files, created=created)
+    write_json(pk.manifest, m)
+    return m
 
 
-def read_package(path: str | Path, verify: bool = True) -> dict:
-    "The manifest of a package, after checking that every listed file is present and unchanged."
-    pk = PackageDir(path)
+def finalize_package(
+    tmp: Path,  # a staged package folder beside `dest`
+    dest: Path,  # the package folder, replaced whole
+    manifest: dict,
+) -> Path:
+    "Write the manifest of the staged package `tmp` and swap it in for `dest` in one step (`atomic_dir`)."
+    write_manifest(tmp, manifest)
+    with atomic_dir(dest) as d:
+        for p in Path(tmp).iterdir():
+            shutil.move(p, Path(d) / p.name)  # a rename on the same disk
+    return Path(dest)
+
+
+# %% ../../nbs/40_deploy.package.ipynb #9f8d3d10
+def _recover_interrupted_swap(path: Path):
+    "Put back a package that an export killed between its two renames left parked at `.NAME.old`."
+    old = path.with_name(f'.{path.name}.old')
+    if not path.exists() and (old / PACKAGE_FILES['manifest']).is_file():
+        log.warning(f'{path}: an interrupted export left the previous package at {old.name}; restoring it')
+        old.rename(path)
+
+
+def _read_manifest(pk: PackageDir) -> dict:
+    "The manifest of `pk`, or a `PackageError` naming what is wrong and the fix."
+    again = 'export the package again (`cvbench export RUN_DIR`)'
+    if not pk.path.exists():
+        raise PackageError(f'package folder {pk.path} does not exist; check the path or {again}')
+    if not pk.path.is_dir():
+        raise PackageError(f'{pk.path} is a file, not a package folder; pass the folder that holds {pk.manifest.name}')
     if not pk.has('manifest'):
         raise PackageError(f'{pk.path} is not a cvbench model package (no {pk.manifest.name}); '
                            'create one with `cvbench export RUN_DIR`')
-    m = read_json(pk.manifest)
-    for f, h in (m.get('files') or {}).items():
+    try:
+        m = read_json(pk.manifest)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise PackageError(f'{pk.manifest} is not valid JSON ({e}); the package is corrupted: {again}') from None
+    missing = [k for k in MANIFEST_KEYS if k not in m] if isinstance(m, dict) else list(MANIFEST_KEYS)
+    if missing or not isinstance(m['files'], dict) or not isinstance(m['classes'], list) or not m['classes']:
+        raise PackageError(f'{pk.manifest} lacks or mangles key(s) {missing or ["files", "classes"]}; '
+                           f'it was edited or not written by cvbench: {again}')
+    return m
+
+
+def _check_files(pk: PackageDir, m: dict, verify: bool):
+    "Every file the manifest lists is present and, when `verify`, unchanged; the spec is listed."
+    again = 'export the package again (`cvbench export RUN_DIR`)'
+    if pk.preprocess.name not in m['files']:
+        raise PackageError(f'{pk.manifest} does not list {pk.preprocess.name}; without it no one knows how to '
+                           f'prepare inputs: {again}')
+    for f, h in m['files'].items():
         if not (pk.path / f).is_file():
-            raise PackageError(f'package {pk.path} is incomplete: {f} is missing')
+            raise PackageError(f'package {pk.path} is incomplete: {f} is missing; copy the whole folder or {again}')
         if verify and sha256(pk.path / f) != h:
             raise PackageError(f'package {pk.path}: {f} does not match its recorded SHA-256; '
-                               'the package was modified or corrupted, export it again')
+                               f'the package was modified or corrupted: {again}')
+
+
+# %% ../../nbs/40_deploy.package.ipynb #583579c4
+def _onnx_input_shape(path: Path) -> tuple[str, list]:
+    "Name and shape (ints, or names for dynamic axes) of the one graph input of an ONNX file."
+    import onnx
+
+    try:
+        g = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise PackageError(f'{path} is not a readable ONNX model ({type(e).__name__}); '
+                           'export the package again') from None
+    weights = {i.name for i in g.initializer}
+    inputs = [i for i in g.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise PackageError(f'{path} has {len(inputs)} inputs; a cvbench model takes one image batch `input`')
+    dims = inputs[0].type.tensor_type.shape.dim
+    return inputs[0].name, [d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims]
+
+
+def check_onnx_input(
+    path: Path,  # an ONNX model of the package
+    size: list,  # (height, width) from `preprocess.json`
+):
+    "Refuse an ONNX model whose input is not `input` of shape (batch, 3, height, width) as the spec prepares it."
+    name, shape = _onnx_input_shape(path)
+    h, w = size
+    if name != 'input' or len(shape) != 4 or shape[1:] != [3, h, w]:
+        raise PackageError(f'{path}: input `{name}` has shape {shape}, but preprocess.json prepares '
+                           f'(batch, 3, {h}, {w}) as `input`; the model and its preprocessing do not belong '
+                           'together: export the package again')
+
+
+# %% ../../nbs/40_deploy.package.ipynb #73157d20
+def read_package(
+    path: str | Path,  # a package folder
+    verify: bool = True,  # check every file's SHA-256 and the ONNX input shapes
+) -> dict:
+    "The manifest of a package, after checking that every listed file is present and unchanged."
+    pk = PackageDir(path)
+    _recover_interrupted_swap(pk.path)
+    m = _read_manifest(pk)
+    _check_files(pk, m, verify)
+    if verify:
+        size = (m['preprocess'] or {}).get('size') if isinstance(m['preprocess'], dict) else None
+        if not (isinstance(size, list) and len(size) == 2):
+            raise PackageError(f'{pk.manifest}: `preprocess.size` must be [height, width]; export the package again')
+        for f in (pk.onnx, pk.int8):
+            if f.name in m['files']:
+                check_onnx_input(f, size)
     return m
+
+
+# %% ../../nbs/40_deploy.package.ipynb #5b97fcd3
+def _preprocessing_section(pre: dict) -> list[str]:
+    "The card's list of every preprocessing step and of the output, from `preprocess.json`'s description."
+    if not pre.get('steps'):
+        return []
+    out = (pre.get('output') or {}).get('doc', 'The model returns logits.')
+    return ['## Preprocessing', '',
+            f'`{PACKAGE_FILES["preprocess"]}` lists these steps as data (`steps`), with the Pillow call of each; '
+            'apply all of them, in this order, to get the model input:', '',
+            *(f'{i}. **{s["op"]}**: {s["doc"]}' for i, s in enumerate(pre['steps'], 1)), '', f'Output: {out}', '']
+
+
+def _fmt(v, small: bool) -> str:
+    "`v` as card text: 2 significant digits when `small` (6.9e-06, not 0.0000), floats to 4 places."
+    if small:
+        return f'{v:.2g}'
+    return f'{v:.4f}' if isinstance(v, float) else str(v)
+
+
+def _parity_markdown(df: pd.DataFrame, small=('max_abs_diff',)) -> str:
+    "The parity table as Markdown, tiny differences in scientific notation."
+    text = pd.DataFrame({c: [_fmt(v, c in small) for v in df[c]] for c in df.columns})
+    return text.to_markdown(index=False, disable_numparse=True)
 
 
 # %% ../../nbs/40_deploy.package.ipynb #c9ea018b
@@ -100,11 +216,12 @@ def model_card(
         '## Model',
         '',
         f'- architecture: `{m["arch"]}` (timm), {len(m["classes"])} classes: {names}',
-        f'- formats: {", ".join(m["formats"])}; input: {pre["size"][0]}×{pre["size"][1]} RGB, '
+        f'- formats: {", ".join(m["formats"])}; input: {pre["size"][0]}x{pre["size"][1]} RGB, '
         f'resize `{pre["resize"]}`, '
         f'normalized by mean {pre["mean"]}, std {pre["std"]}',
         f'- exported by cvbench {m.get("cvbench_version")} from run `{m.get("run")}`',
         '',
+        *_preprocessing_section(pre),
         '## Intended use',
         '',
         f'Image classification into the classes above, on images like those of `{data}` '
@@ -154,7 +271,7 @@ def model_card(
             'Golden images (validation images and odd formats) through the training pipeline + PyTorch versus '
             "the package's own preprocessing + each exported model:",
             '',
-            markdown_table(parity),
+            _parity_markdown(parity),
             '',
         ]
     if m.get('latency'):
