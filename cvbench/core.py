@@ -6,7 +6,7 @@ Docs: https://cvbench.github.io/cvbench/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #f5b7747e
 from __future__ import annotations
-import datetime, difflib, errno, hashlib, importlib, json, os, platform, random, subprocess
+import datetime, difflib, errno, glob, hashlib, importlib, json, os, platform, random, subprocess
 import shutil, stat, sys, tempfile, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
@@ -39,6 +39,24 @@ def _umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove_stale(path: Path):
+    "Remove temporaries beside `path` left by a writer that was killed (named `.NAME.PID.*`, PID no longer running)."
+    for p in path.parent.glob(f'.{glob.escape(path.name)}.*'):
+        pid = p.name[len(path.name) + 2:].split('.', 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def _write_error(path: Path, e: OSError) -> CvbenchError:
     return CvbenchError(f'cannot write {path}: {e.strerror or e}; free some space or choose a writable folder')
 
@@ -51,7 +69,8 @@ def atomic_path(
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        _remove_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=path.parent)
         os.close(fd)
     except OSError as e:
         raise _write_error(path, e) from e
@@ -92,7 +111,8 @@ def atomic_dir(
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
+        _remove_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}.', dir=path.parent))
     except OSError as e:
         raise _write_error(path, e) from e
     old = path.with_name(f'.{path.name}.old')
