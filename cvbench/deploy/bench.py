@@ -10,11 +10,13 @@ import shutil, subprocess, sys, time, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from ..core import CvbenchError, write_json, environment_info
-from .package import PackageDir, read_package, finalize_package
+from .package import PackageDir, PackageError, read_package, finalize_package
 from ..transforms import load_spec
 
+
 # %% auto #0
-__all__ = ['time_calls', 'backends', 'model_stats', 'peak_rss_mb', 'bench_package', 'quantize_package']
+__all__ = ['time_calls', 'interleaved_times', 'latency_summary', 'backends', 'model_stats', 'peak_argv', 'run_peak',
+           'backend_peak_argv', 'peak_rss_mb', 'bench_package', 'quantize_package']
 
 # %% ../../nbs/43_deploy.bench.ipynb #1c496857
 def time_calls(fn, warmup: int = 5, iters: int = 50) -> np.ndarray:
@@ -27,6 +29,38 @@ def time_calls(fn, warmup: int = 5, iters: int = 50) -> np.ndarray:
         fn()
         out[i] = time.perf_counter() - t0
     return out
+
+
+# %% ../../nbs/43_deploy.bench.ipynb #ae3af40e
+def interleaved_times(
+    fns: dict,  # name -> function of no arguments
+    rounds: int = 7,  # rounds; each times every function once, in alternating order
+    warmup: int = 10,  # untimed calls of every function before the first round
+    iters: int = 30,  # timed calls of a function in one round
+) -> pd.DataFrame:
+    "Median seconds per call of each of `fns` in every round, the functions timed in turn after equal warm-up."
+    for f in fns.values():
+        time_calls(f, warmup, 0)
+    names, rows = list(fns), []
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            rows.append(dict(round=r, name=n, seconds=float(np.median(time_calls(fns[n], 0, iters)))))
+    return pd.DataFrame(rows)
+
+
+# %% ../../nbs/43_deploy.bench.ipynb #1da5b9b8
+def latency_summary(times: pd.DataFrame) -> pd.DataFrame:
+    "Minimum and median over rounds (ms) of `interleaved_times`' per-round medians, one row per function."
+    return (1e3 * times.groupby('name', sort=False).seconds.agg(['min', 'median'])).add_suffix('_ms')
+
+
+# %% ../../nbs/43_deploy.bench.ipynb #e1409ce6
+def _vouched_torchscript(pk: PackageDir) -> Path:
+    "`model.ts`, once the package's manifest lists it and its SHA-256 matches: TorchScript carries code."
+    if pk.torchscript.name not in (read_package(pk.path).get('files') or {}):
+        raise PackageError(f'{pk.torchscript} is not listed in {pk.manifest.name}; TorchScript carries code, so '
+                           'cvbench loads it only from a package that vouches for it: export the package again')
+    return pk.torchscript
 
 
 def backends(package: Path, threads: int, only: str | None = None) -> dict:
@@ -47,7 +81,7 @@ def backends(package: Path, threads: int, only: str | None = None) -> dict:
 
         fns['pytorch eager'] = eager
     if want('torchscript') and pk.has('torchscript'):
-        ts = torch.jit.load(str(pk.torchscript)).eval()
+        ts = torch.jit.load(str(_vouched_torchscript(pk))).eval()
 
         def scripted(x):
             with torch.no_grad():
@@ -82,30 +116,80 @@ def model_stats(package: Path) -> dict:
     )
 
 # %% ../../nbs/43_deploy.bench.ipynb #858d1a9c
-_RSS = '''
-import sys, resource, numpy as np
-from pathlib import Path
-from cvbench.deploy.bench import backends
-fns = backends(Path(sys.argv[1]), int(sys.argv[3]), only=sys.argv[2]); f = fns[sys.argv[2]]
-shape = (int(sys.argv[4]), 3, int(sys.argv[5]), int(sys.argv[6]))
-x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-for _ in range(5): f(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+_PEAK = '''
+import os, sys, resource
+def peak_mb():
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024, 'VmHWM'
+    except OSError:  # no /proc: ru_maxrss (KiB on Linux, bytes on macOS) includes the parent's mark
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / (2**20 if sys.platform == 'darwin' else 1024), 'ru_maxrss'
+start = peak_mb()[0]
+exec(compile(sys.argv[1], '<measured>', 'exec'), dict(__name__='__measured__', argv=sys.argv[2:]))
+peak, method = peak_mb()
+print('cvbench-peak', start, peak, method, flush=True)
+os._exit(0)  # skip interpreter teardown: it can touch more memory than the work (torch: +10 %) and take seconds
 '''
 
 
-def peak_rss_mb(package: Path, backend: str, threads: int = 2, batch: int = 8) -> float:
-    "Peak RSS (MB) of a fresh process that loads `backend` and runs a few batches."
-    spec = load_spec(PackageDir(package).preprocess)
-    r = subprocess.run(
-        [sys.executable, '-c', _RSS, str(package), backend, str(threads), str(batch), *map(str, spec.size)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def peak_argv(
+    code: str,  # Python source for a fresh interpreter; it sees its arguments as `argv`
+    args: tuple = (),  # passed to `code` as strings
+) -> list[str]:
+    "The command that runs `code` in a fresh Python process and prints that process's own peak RSS at the end."
+    return [sys.executable, '-c', _PEAK, code, *map(str, args)]
+
+
+def _parse_peak(stdout: str) -> dict:
+    words = (stdout.strip().splitlines() or [''])[-1].split()
+    if words[:1] != ['cvbench-peak']:
+        raise CvbenchError(f'the measured process printed no peak; its last line: {" ".join(words)[:200]!r}')
+    return dict(start_mb=float(words[1]), peak_mb=float(words[2]), method=words[3])
+
+
+def run_peak(
+    argv: list[str],  # a command from `peak_argv`
+    timeout: float = 300,  # seconds before the measurement is abandoned
+) -> dict:
+    "Run `argv` and return the `start_mb` and `peak_mb` (resident MB) its process read from itself, and the `method`."
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode:
-        raise CvbenchError(f'memory measurement of {backend} failed: {r.stderr[-500:]}')
-    return int(r.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
+        raise CvbenchError(f'memory measurement failed (exit {r.returncode}): {r.stderr[-500:]}')
+    return _parse_peak(r.stdout)
+
+
+# %% ../../nbs/43_deploy.bench.ipynb #1a959f9a
+_RUN_BACKEND = '''
+import numpy as np
+from pathlib import Path
+from cvbench.deploy.bench import backends
+package, backend, threads, shape = Path(argv[0]), argv[1], int(argv[2]), tuple(map(int, argv[3:]))
+f = backends(package, threads, only=backend)[backend]
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+for _ in range(5):
+    f(x)
+'''
+
+
+def backend_peak_argv(package: Path, backend: str, threads: int = 2, batch: int = 8) -> list[str]:
+    "The command that loads `backend` of `package` in a fresh process, runs 5 batches and prints its own peak RSS."
+    spec = load_spec(PackageDir(package).preprocess)
+    return peak_argv(_RUN_BACKEND, (package, backend, threads, batch, 3, *spec.size))
+
+
+def peak_rss_mb(
+    package: Path,  # a package folder
+    backend: str,  # a name from `backends`
+    threads: int = 2,  # threads for the backend
+    batch: int = 8,  # images per batch
+) -> float:
+    "Peak RSS (MB) of a fresh process that imports cvbench, loads `backend` and runs 5 batches, read by itself."
+    try:
+        return run_peak(backend_peak_argv(package, backend, threads, batch))['peak_mb']
+    except CvbenchError as e:
+        raise CvbenchError(f'{backend}: {e}') from None
+
 
 # %% ../../nbs/43_deploy.bench.ipynb #2abce342
 def bench_package(
@@ -143,7 +227,7 @@ def bench_package(
                 )
             )
     imgs = images or sorted(PackageDir(package).golden.glob('valid_*'))
-    for backend in ('onnx', 'torch'):
+    for backend in ('onnx', 'torch', 'int8') if PackageDir(package).has('int8') else ('onnx', 'torch'):
         p = Predictor.load(package, backend, threads)
         t = time_calls(lambda: p.predict(imgs[0]), warmup, iters)
         rows.append(
@@ -171,7 +255,12 @@ def bench_package(
 
 # %% ../../nbs/43_deploy.bench.ipynb #bba6076b
 def quantize_package(
-    package: str | Path, calib_paths: list, valid_paths: list, valid_labels: list | None = None, threads: int = 2
+    package: str | Path,  # a package folder with `model.onnx`
+    calib_paths: list,  # calibration images (a few hundred training images)
+    valid_paths: list,  # validation images for agreement, accuracy and latency
+    valid_labels: list | None = None,  # their labels, for the accuracy of both models
+    threads: int = 2,  # inference threads for both models
+    rounds: int = 7,  # interleaved timing rounds (at least 5)
 ) -> dict:
     "Add a static int8 ONNX model to a package (calibrated on `calib_paths`), measure it against fp32, record it."
     from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType
@@ -182,6 +271,8 @@ def quantize_package(
     spec = load_spec(pk.preprocess)
     if not pk.has('onnx'):
         raise CvbenchError(f'{package} has no {pk.onnx.name} to quantize; export it with `--format onnx`')
+    if rounds < 5:
+        raise CvbenchError(f'rounds={rounds}: int8 and fp32 need at least 5 interleaved timing rounds')
     if not calib_paths:
         raise CvbenchError('quantization needs calibration images; the run has no training images')
 
@@ -208,7 +299,7 @@ def quantize_package(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
-        res = _measure_int8(stage, m, spec, valid_paths, valid_labels, threads, len(calib_paths))
+        res = _measure_int8(stage, m, spec, valid_paths, valid_labels, threads, len(calib_paths), rounds)
         write_json(PackageDir(stage).quantization, res)
         man = {k: v for k, v in m.items() if k not in ('files', 'created')}
         man['formats'] = sorted(set(man['formats']) | {'onnx-int8'})
@@ -218,18 +309,27 @@ def quantize_package(
     return res
 
 
-def _measure_int8(stage: Path, m: dict, spec, valid_paths, valid_labels, threads: int, n_calib: int) -> dict:
+def _measure_int8(
+    stage: Path, m: dict, spec, valid_paths, valid_labels, threads: int, n_calib: int, rounds: int = 7
+) -> dict:
     "Agreement, latency, size and accuracy of the int8 model against fp32, and whether to recommend it."
-    fns = backends(stage, threads)
+    fns = backends(stage, threads, only='ort fp32') | backends(stage, threads, only='ort int8')
     x = torch.stack([spec(p) for p in valid_paths]).numpy()
     f32, i8 = fns['ort fp32'](x), fns['ort int8'](x)
     agree = float((f32.argmax(1) == i8.argmax(1)).mean())
     xb = x[:1]
-    t32, t8 = np.median(time_calls(lambda: fns['ort fp32'](xb))), np.median(time_calls(lambda: fns['ort int8'](xb)))
+    times = interleaved_times(dict(fp32=lambda: fns['ort fp32'](xb), int8=lambda: fns['ort int8'](xb)), rounds)
+    s = latency_summary(times)
+    t32, t8 = s.loc['fp32', 'median_ms'], s.loc['int8', 'median_ms']
     res = dict(
         agreement=agree,
-        latency_fp32_ms=float(1e3 * t32),
-        latency_int8_ms=float(1e3 * t8),
+        latency_fp32_ms=float(t32),
+        latency_int8_ms=float(t8),
+        latency_fp32_min_ms=float(s.loc['fp32', 'min_ms']),
+        latency_int8_min_ms=float(s.loc['int8', 'min_ms']),
+        speedup=float(t32 / t8),
+        timing=f'batch 1, {threads} threads, {rounds} interleaved rounds of 30 calls after 10 warm-up calls each; '
+        'latency = median over rounds of each round median, min = the fastest round',
         size_fp32_mb=PackageDir(stage).onnx.stat().st_size / 2**20,
         size_int8_mb=PackageDir(stage).int8.stat().st_size / 2**20,
         calibration_images=n_calib,
@@ -240,14 +340,15 @@ def _measure_int8(stage: Path, m: dict, spec, valid_paths, valid_labels, threads
         y = np.array([idx[str(l)] for l in valid_labels])
         res |= dict(accuracy_fp32=float((f32.argmax(1) == y).mean()), accuracy_int8=float((i8.argmax(1) == y).mean()))
     drop = res.get('accuracy_fp32', 0) - res.get('accuracy_int8', 0)
-    res['recommend'] = bool(t8 < t32 and agree >= 0.99 and drop <= 0.005)
+    faster = t8 < t32 and res['latency_int8_min_ms'] < res['latency_fp32_min_ms']
+    res['recommend'] = bool(faster and agree >= 0.99 and drop <= 0.005)
     res['reason'] = (
-        'faster, ≥ 99 % agreement, ≤ 0.5 pt accuracy loss'
+        f'{t32 / t8:.2f}x faster (median and min), >= 99 % agreement, <= 0.5 pt accuracy loss'
         if res['recommend']
         else '; '.join(
             r
             for r, bad in (
-                ('not faster than fp32', t8 >= t32),
+                ('not faster than fp32 (median and min)', not faster),
                 (f'agreement {agree:.3f} < 0.99', agree < 0.99),
                 (f'accuracy drop {drop:.3f} > 0.005', drop > 0.005),
             )

@@ -6,29 +6,48 @@ Docs: https://cvbench.github.io/cvbench/deploy.predictor.html.md"""
 
 # %% ../../nbs/42_deploy.predictor.ipynb #355f4950
 from __future__ import annotations
-import os
+import logging, os
 from pathlib import Path
 import numpy as np, torch
+from ..core import read_json
 from ..data.images import open_image, ImageReadError, MAX_PIXELS
 from ..transforms import load_spec
 from .package import PackageDir, read_package, PackageError
 
+log = logging.getLogger(__name__)
+
 
 # %% auto #0
-__all__ = ['Predictor', 'predict_proba', 'predict']
+__all__ = ['log', 'Predictor', 'predict_proba', 'predict']
 
 # %% ../../nbs/42_deploy.predictor.ipynb #ebca865b
-def _onnx_runner(pk: PackageDir, threads: int):
-    "A function from a float32 batch to logits, by ONNX Runtime."
-    if not pk.has('onnx'):
-        raise PackageError(f'{pk.path} has no {pk.onnx.name}; export with --format onnx or use backend torch')
+def _ort_session(path: Path, threads: int):
+    "A function from a float32 batch to logits, by ONNX Runtime on the model file `path`."
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(pk.onnx), so, providers=['CPUExecutionProvider'])
+    sess = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
     return lambda x: sess.run(None, {'input': x})[0]
+
+
+def _onnx_runner(pk: PackageDir, threads: int):
+    "The fp32 ONNX model, by ONNX Runtime."
+    if not pk.has('onnx'):
+        raise PackageError(f'{pk.path} has no {pk.onnx.name}; export with --format onnx or use backend torch')
+    return _ort_session(pk.onnx, threads)
+
+
+def _int8_runner(pk: PackageDir, threads: int):
+    "The int8 ONNX model that `cvbench quantize` added, by ONNX Runtime; a warning if it was not recommended."
+    if not pk.has('int8'):
+        raise PackageError(f'{pk.path} has no {pk.int8.name}; add one with `cvbench quantize {pk.path} RUN_DIR`')
+    q = read_json(pk.quantization) if pk.has('quantization') else {}
+    if not q.get('recommend'):
+        log.warning('%s was not recommended (%s); see %s', pk.int8.name, q.get('reason', 'no measurements'),
+                    pk.quantization)
+    return _ort_session(pk.int8, threads)
 
 
 def _torch_runner(pk: PackageDir, threads: int):
@@ -60,16 +79,16 @@ class Predictor:
     def load(
         cls,
         package: str | Path,  # a package folder from `cvbench export`
-        backend: str = 'onnx',  # `onnx` (ONNX Runtime) or `torch`
+        backend: str = 'onnx',  # `onnx` or `int8` (ONNX Runtime), or `torch`
         threads: int | None = None,  # inference threads (default: up to 4)
     ) -> 'Predictor':
-        "Load `package` with the `onnx` (ONNX Runtime) or `torch` backend."
+        "Load `package` with the `onnx` or `int8` (ONNX Runtime) or the `torch` backend."
         pk = PackageDir(package)
         m = read_package(pk.path)
         threads = threads or min(4, os.cpu_count() or 1)
-        runners = dict(onnx=_onnx_runner, torch=_torch_runner)
+        runners = dict(onnx=_onnx_runner, int8=_int8_runner, torch=_torch_runner)
         if backend not in runners:
-            raise PackageError(f'unknown backend `{backend}`; choose onnx or torch')
+            raise PackageError(f'unknown backend `{backend}`; choose one of {", ".join(runners)}')
         return cls(pk.path, m, backend, runners[backend](pk, threads), threads)
 
 

@@ -281,7 +281,7 @@ def serve(
     package: str | Path,  # a package folder from `cvbench export`
     host: str = '127.0.0.1',  # address to listen on
     port: int = 8000,  # 0: any free port (the announcement says which)
-    backend: str = 'onnx',  # `onnx` or `torch`
+    backend: str = 'onnx',  # `onnx`, `int8` or `torch`
     threads: int | None = None,  # inference threads of each prediction
     max_bytes: int = MAX_BYTES,  # request body limit
     announce: Callable[[str], None] | None = None,  # told the address once the socket listens (default: log)
