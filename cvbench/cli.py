@@ -149,7 +149,8 @@ SOURCE_HELP = 'bundled name (digits, mnist), ImageFolder folder, CSV manifest or
 ROOT = _arg('--root', help='image root for a CSV manifest')
 PACKAGE = _arg('package', help='a package folder from `cvbench export`')
 BACKEND = _arg('--backend', default='onnx', choices=['onnx', 'int8', 'torch'],
-               help='onnx: ONNX Runtime fp32; int8: the model `cvbench quantize` added; torch: safetensors (default: onnx)')
+               help='onnx: ONNX Runtime fp32; int8: the model `cvbench quantize` added; torch: safetensors '
+                    '(default: onnx)')
 THREADS = _arg('--threads', type=int, help='inference threads (default: up to 4)')
 QUIET = _arg('--quiet', action='store_true', help='no progress bars or epoch lines, only warnings and the result')
 SETS_DIR = _arg('--sets-dir', default='regression_sets', help='folder of regression sets (default: regression_sets)')
