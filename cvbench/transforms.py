@@ -6,7 +6,7 @@ Docs: https://cvbench.github.io/cvbench/transforms.html.md"""
 
 # %% ../nbs/21_transforms.ipynb #94c2bc06
 from __future__ import annotations
-import json, warnings
+import json
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np, torch
@@ -17,8 +17,7 @@ from .data.images import open_image, MAX_PIXELS
 
 # %% auto #0
 __all__ = ['RESIZE_METHODS', 'MODEL_OUTPUT', 'SPEC_FORMAT', 'PreprocessSpec', 'resize_image', 'to_tensor', 'decode_steps',
-           'preprocess_steps', 'describe', 'load_spec', 'spec_from_config', 'SpecResize', 'spec_batch_tfms',
-           'SpecImageDataset']
+           'preprocess_steps', 'describe', 'load_spec', 'spec_from_config', 'spec_batch_tfms', 'SpecImageDataset']
 
 # %% ../nbs/21_transforms.ipynb #3ea746c5
 RESIZE_METHODS = ('squash', 'crop', 'pad')
@@ -238,35 +237,16 @@ def spec_from_config(pc) -> PreprocessSpec:
 
 
 # %% ../nbs/21_transforms.ipynb #4397e174
-# fastai scripts a few layers at import; torch 2.14's deprecation of that is not the user's to act on
-with warnings.catch_warnings():
-    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
-    from fastai.vision.all import Transform, PILImage, TensorImage, IntToFloatTensor, Normalize, aug_transforms
-
-
-class SpecResize(Transform):
-    "fastai item transform: resize a `PILImage` with the spec's `resize_image` (train and valid alike)."
-
-    order = 1
-
-    def __init__(self, spec: PreprocessSpec):
-        self.spec = spec
-
-    def encodes(self, x: PILImage):
-        return PILImage(self.spec.resize_image(x))
-
-
 def spec_batch_tfms(spec: PreprocessSpec, augment: bool = True, flip: bool = False, max_rotate: float = 10.0) -> list:
     "fastai batch transforms: augmentation (training only) then the spec's normalization."
-    aug = (
-        aug_transforms(do_flip=flip, max_rotate=max_rotate, max_zoom=1.1, max_lighting=0.2, max_warp=0.1, size=None)
-        if augment
-        else []
-    )
-    scale_ok = abs(spec.scale - 1 / 255) < 1e-12
-    if not scale_ok:
+    from fastai.vision.all import IntToFloatTensor, Normalize, aug_transforms
+
+    if abs(spec.scale - 1 / 255) >= 1e-12:
         raise CvbenchError('fastai training supports scale=1/255 only')
+    aug = aug_transforms(do_flip=flip, max_rotate=max_rotate, max_zoom=1.1, max_lighting=0.2, max_warp=0.1,
+                         size=None) if augment else []
     return [IntToFloatTensor(), *aug, Normalize.from_stats(spec.mean, spec.std)]
+
 
 # %% ../nbs/21_transforms.ipynb #d5aa0a6f
 class SpecImageDataset(torch.utils.data.Dataset):
@@ -287,4 +267,6 @@ class SpecImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         img = self.spec.resize_image(open_image(self.paths[i]))
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        from fastai.torch_core import TensorImage  # imported once, on the first image: serving never gets here
+
         return TensorImage(x), torch.tensor(int(self.targets[i]))
