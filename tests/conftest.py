@@ -52,3 +52,13 @@ def make_imagefolder(root: Path, layout: dict, size=(12, 12)) -> Path:
                 root / folder / f'{i}.png'
             )
     return root
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    "Tests that load a torch Predictor or bench set torch's thread count for the process; put it back after each."
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from ..core import CvbenchError, write_json, environment_info
 from .package import PackageDir, PackageError, read_package, finalize_package
+from .export import _known_deprecations
 from ..transforms import load_spec
 
 
@@ -81,7 +82,8 @@ def backends(package: Path, threads: int, only: str | None = None) -> dict:
 
         fns['pytorch eager'] = eager
     if want('torchscript') and pk.has('torchscript'):
-        ts = torch.jit.load(str(_vouched_torchscript(pk))).eval()
+        with _known_deprecations():  # torch's TorchScript notice: nothing for a user to act on
+            ts = torch.jit.load(str(_vouched_torchscript(pk))).eval()
 
         def scripted(x):
             with torch.no_grad():
