@@ -131,7 +131,11 @@ def check_sources(cfg: Config) -> Config:
         raise ConfigError(f'`model.pretrained`: weights file {pretrained} does not exist; '
                           'pass a local .safetensors/.pth file, `bundled`, or null to train from scratch')
     names, arch = timm_architectures(), cfg.model.name.split('.')[0]
-    if names and arch not in names:
+    if not names:  # timm's sources not where they used to be: ask timm itself (imports torch)
+        from cvbench.models import check_model_name
+
+        check_model_name(cfg.model.name)
+    elif arch not in names:
         close = difflib.get_close_matches(arch, sorted(names), n=3, cutoff=0.6)
         hint = f'; did you mean {", ".join(close)}?' if close else ''
         raise ConfigError(f'`model.name`: unknown timm model `{cfg.model.name}`{hint} (see `timm.list_models()`)')
@@ -163,11 +167,9 @@ class Classification(Task):
     summary_keys = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1', 'kappa', 'log_loss', 'top5_accuracy')
 
     def prepare(self, cfg):
-        check_sources(cfg)
-        from cvbench.models import check_model_name
+        check_sources(cfg)  # data, weights and model name, before the data scan
         from cvbench.train.learner import prepare_samples
 
-        check_model_name(cfg.model.name)  # before the data scan, not after it
         return check_training_classes(prepare_samples(cfg))
 
     def train(self, cfg, samples, run_dir, resume=False, cbs=None, progress='auto'):
