@@ -12,36 +12,56 @@ import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
 from ..core import CvbenchError, atomic_path, safe_file_digest
 
 # %% auto #0
-__all__ = ['SPLITS', 'REQUIRED', 'DataError', 'Samples', 'load_samples_table']
+__all__ = ['SPLITS', 'BASE_COLUMNS', 'TASK_COLUMNS', 'REQUIRED', 'OBJECT_COLUMNS', 'DataError', 'empty_objects', 'Samples',
+           'objects_path', 'load_samples_table']
 
 # %% ../../nbs/10_data.samples.ipynb #1a6ef72e
 class DataError(CvbenchError):
     "A dataset cvbench cannot use as given."
 
 SPLITS = ('train', 'valid', 'test')
-REQUIRED = ('image_id', 'path', 'split', 'label')
+BASE_COLUMNS = ('image_id', 'path', 'split')  # every task
+TASK_COLUMNS = {'classification': ('label',), 'detection': ('width', 'height'), 'text': ('text',)}  # per task
+REQUIRED = BASE_COLUMNS + TASK_COLUMNS['classification']  # a classification table
+OBJECT_COLUMNS = ('image_id', 'object_id', 'label', 'x', 'y', 'w', 'h', 'iscrowd', 'area', 'segmentation')
+
+
+def empty_objects() -> pd.DataFrame:
+    "An objects table with no rows and the standard columns and dtypes."
+    types = dict(image_id=str, object_id='int64', label=str, x=float, y=float, w=float, h=float, iscrowd='int64',
+                 area=float, segmentation=object)
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in types.items()})
+
 
 # %% ../../nbs/10_data.samples.ipynb #bd09721c
+def _default_classes(df: pd.DataFrame, objects: pd.DataFrame | None) -> list[str]:
+    "Sorted class names: of the objects when there are objects, else of the `label` column."
+    if objects is not None:
+        return sorted(objects['label'].astype(str).unique())
+    return sorted(df['label'].astype(str).unique()) if 'label' in df else []
+
+
 class Samples:
-    "The samples table: `df` (one row per image), `root`, `task`, `classes`, and the images `skipped`."
+    "The samples table: `df` (one row per image), `root`, `task`, `classes`, the images `skipped`; `objects`."
 
     def __init__(
         self,
-        df: pd.DataFrame,  # columns `image_id`, `path`, `split`, `label` plus metadata
+        df: pd.DataFrame,  # columns `image_id`, `path`, `split`, the task's `TASK_COLUMNS`, plus metadata
         root: str | Path,  # folder the `path` column is relative to
         task: str = 'classification',
-        classes: list[str] | None = None,  # class list; default: sorted labels
+        classes: list[str] | None = None,  # class list; default: sorted labels (of the objects, for detection)
         skipped: pd.DataFrame | None = None,  # images left out, with `path` and `reason`
         name: str | None = None,
+        objects: pd.DataFrame | None = None,  # detection: one row per object (`OBJECT_COLUMNS` plus attributes)
+        category_ids: dict | None = None,  # detection: class name -> COCO category id; default 1..n
     ):
         self.df, self.root, self.task, self.name = df.reset_index(drop=True), Path(root), task, name
-        self.classes = (
-            list(classes)
-            if classes is not None
-            else sorted(self.df['label'].astype(str).unique())
-            if 'label' in df
-            else []
-        )
+        if objects is None and task == 'detection':
+            objects = empty_objects()
+        self.objects = objects.reset_index(drop=True) if objects is not None else None
+        self.classes = list(classes) if classes is not None else _default_classes(self.df, self.objects)
+        ids = category_ids or {c: i + 1 for i, c in enumerate(self.classes)}
+        self.category_ids = {str(k): int(v) for k, v in ids.items()}
         self.skipped = skipped if skipped is not None else pd.DataFrame(columns=['path', 'reason'])
         self._version = None
         self.validate()
@@ -51,12 +71,36 @@ class Samples:
 
     def __repr__(self):
         name = self.name or self.root.name
-        return f'Samples({name!r}: {len(self)} images, {len(self.classes)} classes, splits {self.split_counts()})'
+        objs = f', {len(self.objects)} objects' if self.objects is not None else ''
+        return (f'Samples({name!r}: {len(self)} images{objs}, {len(self.classes)} classes, '
+                f'splits {self.split_counts()})')
+
 
 # %% ../../nbs/10_data.samples.ipynb #a0f22c6e
+def _validate_objects(self: Samples):
+    "Check the objects table: its columns, image ids known to `df`, unique object ids, classes in `classes`."
+    o = self.objects
+    missing = [c for c in OBJECT_COLUMNS if c not in o]
+    if missing:
+        raise DataError(f'objects table lacks column(s) {missing}; it has {list(o.columns)}')
+    stray = sorted(set(o['image_id']) - set(self.df['image_id']))
+    if stray:
+        raise DataError(f'objects refer to image id(s) {stray[:3]} that are not in the samples table')
+    dup = o['object_id'][o['object_id'].duplicated()]
+    if len(dup):
+        raise DataError(f'object_id must be unique; repeated: {list(dup[:3])}')
+    unknown = sorted(set(o['label'].astype(str)) - set(self.classes))
+    if unknown:
+        raise DataError(f'object classes {unknown[:5]} are not in the class list {self.classes[:10]}')
+    lost = sorted(set(self.classes) - set(self.category_ids))
+    if lost:
+        raise DataError(f'classes {lost[:5]} have no entry in `category_ids`')
+
+
 def _validate(self: Samples):
-    "Check columns, unique ids, labels in `classes` and split names."
-    missing = [c for c in REQUIRED if c not in self.df]
+    "Check columns, unique ids, labels in `classes`, split names, and the objects table."
+    need = BASE_COLUMNS + TASK_COLUMNS.get(self.task, ())
+    missing = [c for c in need if c not in self.df]
     if missing:
         raise DataError(f'samples table lacks column(s) {missing}; it has {list(self.df.columns)}')
     if len(self.df) == 0:
@@ -68,16 +112,20 @@ def _validate(self: Samples):
     dup = self.df['image_id'][self.df['image_id'].duplicated()]
     if len(dup):
         raise DataError(f'image_id must be unique; repeated: {list(dup[:3])}')
-    unknown = sorted(set(self.df['label'].astype(str)) - set(self.classes))
-    if unknown:
-        raise DataError(f'labels {unknown[:5]} are not in the class list {self.classes[:10]}')
+    if 'label' in need:
+        unknown = sorted(set(self.df['label'].astype(str)) - set(self.classes))
+        if unknown:
+            raise DataError(f'labels {unknown[:5]} are not in the class list {self.classes[:10]}')
     bad = sorted(set(self.df['split']) - set(SPLITS) - {''})
     if bad:
         raise DataError(f'unknown split name(s) {bad}; use {SPLITS} (or leave empty to split automatically)')
+    if self.objects is not None:
+        _validate_objects(self)
     return self
 
 
 Samples.validate = _validate
+
 
 # %% ../../nbs/10_data.samples.ipynb #b034a373
 def _split_counts(self: Samples) -> dict:
@@ -89,11 +137,12 @@ Samples.split_counts = _split_counts
 
 
 def _subset(self: Samples, split: str | None) -> Samples:
-    "The rows of one split (all rows for `None`), same root and classes."
+    "The rows of one split (all rows for `None`) and their objects, same root and classes."
     df = self.df if split is None else self.df[self.df['split'] == split]
     if split is not None and len(df) == 0:
         raise DataError(f'split `{split}` is empty; splits here: {self.split_counts()}')
-    return Samples(df, self.root, self.task, self.classes, self.skipped, self.name)
+    objects = None if self.objects is None else self.objects[self.objects['image_id'].isin(df['image_id'])]
+    return Samples(df, self.root, self.task, self.classes, self.skipped, self.name, objects, self.category_ids)
 
 
 Samples.subset = _subset
@@ -115,19 +164,47 @@ def _targets(self: Samples) -> np.ndarray:
 Samples.targets = _targets
 
 # %% ../../nbs/10_data.samples.ipynb #8f5a8546
+def _objects_digest(objects: pd.DataFrame | None) -> str:
+    "sha1 of the objects table, rows in (image, object id) order; empty for a task without objects."
+    if objects is None:
+        return ''
+    o = objects.sort_values(['image_id', 'object_id'], kind='stable')
+    return hashlib.sha1(o.to_csv(index=False, float_format='%.10g').encode()).hexdigest()
+
+
 def _version(self: Samples) -> str:
-    "Content version id: sha1 over (path, label, split, file digest) of every row, first 16 hex digits."
+    "Content version id: sha1 over (path, targets, split, file digest) of every row and the objects; 16 hex digits."
     if self._version is None:
         h = hashlib.sha1(json.dumps([self.task, self.classes]).encode())
-        for p, l, s in sorted(zip(self.df['path'], self.df['label'].astype(str), self.df['split'])):
+        cols = [c for c in TASK_COLUMNS.get(self.task, ()) if c in self.df]
+        targets = self.df[cols].astype(str).agg('\0'.join, axis=1) if cols else pd.Series('', index=self.df.index)
+        for p, l, s in sorted(zip(self.df['path'], targets, self.df['split'])):
             h.update(f'{p}\0{l}\0{s}\0{safe_file_digest(self.root/p)}\n'.encode())
+        h.update(_objects_digest(self.objects).encode())
         self._version = h.hexdigest()[:16]
     return self._version
 Samples.version = property(_version)
 
+
 # %% ../../nbs/10_data.samples.ipynb #349a9597
+def objects_path(path: str | Path) -> Path:
+    "Where the objects of the samples table saved at `path` live: `<stem>.objects.parquet` beside it."
+    path = Path(path)
+    return path.with_name(path.stem + '.objects.parquet')
+
+
+def _write_parquet(df: pd.DataFrame, path: Path, meta: dict | None = None):
+    "Write `df` to parquet atomically, with `meta` as the `cvbench` metadata."
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    if meta is not None:
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}), b'cvbench': json.dumps(meta).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(t, tmp)
+
+
 def _save(self: Samples, path: str | Path) -> Path:
     "Write the table to parquet atomically, with root, task, classes, version and skipped images as metadata."
+    path = Path(path)
     meta = dict(
         root=str(self.root),
         task=self.task,
@@ -135,19 +212,31 @@ def _save(self: Samples, path: str | Path) -> Path:
         name=self.name,
         version=self.version,
         skipped=self.skipped.astype(str).to_dict('records'),
+        category_ids=self.category_ids,
     )
-    t = pa.Table.from_pandas(self.df, preserve_index=False)
-    t = t.replace_schema_metadata({**(t.schema.metadata or {}), b'cvbench': json.dumps(meta).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(t, tmp)
-    return Path(path)
+    if self.objects is not None:
+        _write_parquet(self.objects, objects_path(path))
+        meta['objects'] = objects_path(path).name
+    _write_parquet(self.df, path, meta)
+    return path
 
 
 Samples.save = _save
 
 
+def _read_objects(path: Path, m: dict) -> pd.DataFrame | None:
+    "The objects table saved beside the samples table at `path`, if its metadata names one."
+    if not m.get('objects'):
+        return None
+    f = path.with_name(m['objects'])
+    if not f.is_file():
+        raise DataError(f'{path} is a detection samples table but its objects file {f.name} is missing; '
+                        'copy it beside the table')
+    return pq.read_table(f).to_pandas()
+
+
 def load_samples_table(path: str | Path) -> Samples:
-    "Read a samples table written by `Samples.save`."
+    "Read a samples table written by `Samples.save` (and its objects, for detection)."
     path = Path(path)
     if not path.is_file():
         raise DataError(f'samples table {path} does not exist')
@@ -163,5 +252,18 @@ def load_samples_table(path: str | Path) -> Samples:
         m['classes'],
         pd.DataFrame(m['skipped'], columns=['path', 'reason']),
         m.get('name'),
+        _read_objects(path, m),
+        m.get('category_ids'),
     )
     return s
+
+
+# %% ../../nbs/10_data.samples.ipynb #d37c0a05
+def _coco_ids(self: Samples) -> pd.Series:
+    "COCO image ids by `image_id`: the `coco_id` column when the table has one, else 1..n in row order."
+    ids = self.df['coco_id'].astype('int64') if 'coco_id' in self.df else pd.Series(range(1, len(self) + 1))
+    return pd.Series(ids.to_numpy(), index=self.df['image_id'].to_numpy(), name='coco_id')
+
+
+Samples.coco_ids = _coco_ids
+
