@@ -8,7 +8,7 @@ Docs: https://cvbench.github.io/cvbench/evaluate.slices.html.md"""
 from __future__ import annotations
 import logging
 import pandas as pd
-from ..data.samples import REQUIRED
+from ..data.samples import BASE_COLUMNS, TASK_COLUMNS
 from .ledger import LedgerError
 from .stats import bootstrap_ci
 
@@ -31,9 +31,12 @@ def property_buckets(values: pd.Series, n: int = 3) -> pd.Series:
     return b.map(lab).astype(str)
 
 # %% ../../nbs/36_evaluate.slices.ipynb #05bffd09
+_CONTRACT = {*BASE_COLUMNS, *(c for cols in TASK_COLUMNS.values() for c in cols), 'coco_id'}
+
+
 def slice_columns(samples_df: pd.DataFrame) -> list[str]:
-    "Metadata columns (everything but the contract's own columns and image properties)."
-    return [c for c in samples_df.columns if c not in REQUIRED and not c.startswith('img_')]
+    "Metadata columns (everything but the contract's own columns, any task's targets, and image properties)."
+    return [c for c in samples_df.columns if c not in _CONTRACT and not c.startswith('img_')]
 
 
 def slice_frame(
