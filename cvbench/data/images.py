@@ -175,4 +175,4 @@ def check_images(samples: Samples, max_pixels: int = MAX_PIXELS) -> Samples:
         if bad
         else samples.skipped
     )
-    return Samples(df, samples.root, samples.task, samples.classes, skipped, samples.name)
+    return samples.with_rows(df, skipped)  # the objects of a detection table come along

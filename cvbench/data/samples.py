@@ -136,13 +136,27 @@ def _split_counts(self: Samples) -> dict:
 Samples.split_counts = _split_counts
 
 
+def _with_rows(
+    self: Samples,
+    df: pd.DataFrame,  # the new per-image table (a subset of the rows, new columns or new splits)
+    skipped: pd.DataFrame | None = None,  # the new skipped list (default: kept)
+    classes: list[str] | None = None,  # the new class list (default: kept)
+) -> Samples:
+    "This table with the rows `df`: root, task, name and category ids kept, and the objects of those rows with them."
+    objects = None if self.objects is None else self.objects[self.objects['image_id'].isin(df['image_id'])]
+    return Samples(df, self.root, self.task, self.classes if classes is None else classes,
+                   self.skipped if skipped is None else skipped, self.name, objects, self.category_ids)
+
+
+Samples.with_rows = _with_rows
+
+
 def _subset(self: Samples, split: str | None) -> Samples:
     "The rows of one split (all rows for `None`) and their objects, same root and classes."
     df = self.df if split is None else self.df[self.df['split'] == split]
     if split is not None and len(df) == 0:
         raise DataError(f'split `{split}` is empty; splits here: {self.split_counts()}')
-    objects = None if self.objects is None else self.objects[self.objects['image_id'].isin(df['image_id'])]
-    return Samples(df, self.root, self.task, self.classes, self.skipped, self.name, objects, self.category_ids)
+    return self.with_rows(df)
 
 
 Samples.subset = _subset

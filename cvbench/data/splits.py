@@ -17,12 +17,29 @@ __all__ = ['log', 'split_samples', 'group_split', 'duplicate_groups']
 log = logging.getLogger(__name__)
 
 
+def _with_table(samples: Samples, df: pd.DataFrame) -> Samples:
+    "`samples` with the table `df` (new splits); objects, category ids and the rest kept."
+    return Samples(df, samples.root, samples.task, samples.classes, samples.skipped, samples.name,
+                   samples.objects, samples.category_ids)
+
+
+def _strata(labels: pd.Series | None, valid_pct: float) -> pd.Series | None:
+    "`labels` when every class can give at least one image to each side; else None (a random split)."
+    if labels is None:
+        return None
+    counts = labels.value_counts()
+    if counts.min() >= 2 and len(labels) * valid_pct >= len(counts):
+        return labels
+    log.warning('too few images per class to stratify; splitting at random')
+    return None
+
+
 def split_samples(
     samples: Samples,  # table whose `split` column may be empty
     valid_pct: float = 0.2,  # fraction of each class sent to `valid`
     seed: int = 0,
 ) -> Samples:
-    "Assign `train`/`valid` to rows with an empty split, stratified by label; rows with a split keep it."
+    "Assign `train`/`valid` to rows with an empty split, stratified by label if any; rows with a split keep it."
     from sklearn.model_selection import train_test_split
 
     if not 0 < valid_pct < 1:
@@ -31,27 +48,40 @@ def split_samples(
     todo = df.index[df['split'] == '']
     if len(todo) == 0:
         return samples
-    labels = df.loc[todo, 'label']
-    counts = labels.value_counts()
-    strat = labels if counts.min() >= 2 and len(todo) * valid_pct >= len(counts) else None
-    if strat is None:
-        log.warning('too few images per class to stratify; splitting at random')
+    strat = _strata(df.loc[todo, 'label'] if 'label' in df else None, valid_pct)
     tr, va = train_test_split(todo, test_size=valid_pct, random_state=seed, stratify=strat)
     df.loc[tr, 'split'], df.loc[va, 'split'] = 'train', 'valid'
-    return Samples(df, samples.root, samples.task, samples.classes, samples.skipped, samples.name)
+    return _with_table(samples, df)
+
 
 # %% ../../nbs/15_data.splits.ipynb #7e6d4c15
-def group_split(samples: Samples, groups, valid_pct: float = 0.2, test_pct: float = 0.0, seed: int = 0) -> Samples:
-    "Assign train/valid(/test) so that no value of `groups` (one per row) spans two splits, stratified by label."
+def _group_values(samples: Samples, groups) -> np.ndarray:
+    "One group value (str) per row: `groups` itself, or the column of that name."
+    if isinstance(groups, str):
+        if groups not in samples.df:
+            raise DataError(f'group column `{groups}` is not in the samples table; it has {list(samples.df.columns)}')
+        groups = samples.df[groups]
+    g = pd.Series(np.asarray(groups)).astype(str).to_numpy()
+    if len(g) != len(samples):
+        raise DataError(f'{len(g)} group values for {len(samples)} images')
+    return g
+
+
+def group_split(
+    samples: Samples,
+    groups,  # one group value per row (e.g. `duplicate_groups(...)`), or the name of a column (`'video'`)
+    valid_pct: float = 0.2,  # fraction sent to `valid`
+    test_pct: float = 0.0,  # fraction sent to `test`
+    seed: int = 0,
+) -> Samples:
+    "Assign train/valid(/test) so that no group spans two splits, stratified by label when the table has labels."
     from sklearn.model_selection import StratifiedGroupKFold
 
     if not 0 < valid_pct < 1 or not 0 <= test_pct < 1 or valid_pct + test_pct >= 1:
         raise DataError(f'valid_pct={valid_pct} and test_pct={test_pct} must be fractions that leave room for training')
     df = samples.df.copy()
-    g = pd.Series(np.asarray(groups)).astype(str).to_numpy()
-    y = df['label'].astype(str).to_numpy()
-    if len(g) != len(df):
-        raise DataError(f'{len(g)} group values for {len(df)} images')
+    g = _group_values(samples, groups)
+    y = df['label'].astype(str).to_numpy() if 'label' in df else np.zeros(len(df), int)  # detection: by group only
 
     def carve(idx, frac, seed):
         k = max(2, round(1 / frac))
@@ -72,7 +102,7 @@ def group_split(samples: Samples, groups, valid_pct: float = 0.2, test_pct: floa
     va = carve(rest, valid_pct / (1 - test_pct), seed + 1)
     split[va] = 'valid'
     df['split'] = split
-    return Samples(df, samples.root, samples.task, samples.classes, samples.skipped, samples.name)
+    return _with_table(samples, df)
 
 
 def duplicate_groups(n: int, pairs: pd.DataFrame, base=None) -> np.ndarray:
@@ -93,3 +123,4 @@ def duplicate_groups(n: int, pairs: pd.DataFrame, base=None) -> np.ndarray:
     for i, j in links:
         parent[find(int(i))] = find(int(j))
     return np.array([find(i) for i in range(n)])
+
