@@ -1,4 +1,4 @@
-"""ImageFolder trees and CSV manifests into the samples table, with a clear message for every way they go wrong.
+"""ImageFolder trees, CSV manifests and detection datasets into the samples table, with clear errors.
 
 Docs: https://cvbench.github.io/cvbench/data.formats.html.md"""
 
@@ -100,26 +100,28 @@ def _read_csv_text(
 
 # %% ../../nbs/11_data.formats.ipynb #2fd9b7ed
 def _drop_repeated_paths(
-    df: pd.DataFrame,  # manifest rows, with `path` and `label`
+    df: pd.DataFrame,  # manifest rows, with `path` and the target column
     csv: Path,  # the manifest, for messages
+    target: str = 'label',  # the target column: `label` (classification) or `text` (OCR)
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "`df` without repeated paths, and the repeats as skipped rows; a path given two labels is an error."
-    labels = df.groupby('path')['label'].nunique()
+    "`df` without repeated paths, and the repeats as skipped rows; a path given two targets is an error."
+    labels = df.groupby('path')[target].nunique()
     if (labels > 1).any():
         p = labels.index[labels > 1][0]
         rows = (df.index[df['path'] == p] + 2).tolist()
         raise DataError(
-            f'{csv}: `{p}` is listed on rows {rows} with different labels '
-            f'{sorted(df.loc[df["path"] == p, "label"].unique())}; keep one row per image'
+            f'{csv}: `{p}` is listed on rows {rows} with different {target}s '
+            f'{sorted(df.loc[df["path"] == p, target].unique())}; keep one row per image'
         )
     rep = df.duplicated('path')
     first = df.reset_index().groupby('path')['index'].transform('first').to_numpy() + 2
     reason = [f'the same path as row {r} (rows count from the header, 1)' for r in first[rep.to_numpy()]]
     return df[~rep], pd.DataFrame(dict(path=df.loc[rep, 'path'], reason=reason))
 
+
 # %% ../../nbs/11_data.formats.ipynb #97b1384b
 def read_csv_manifest(
-    csv: str | Path,  # CSV with columns `path`, `label`, optional `split`, any metadata
+    csv: str | Path,  # CSV with columns `path`, `label` (or `text`), optional `split`, any metadata
     root: str | Path | None = None,  # folder the paths are relative to (default: the CSV's folder)
 ) -> Samples:
     "Read a CSV manifest into `Samples`; missing or unreadable files and repeated rows are skipped and listed."
@@ -128,21 +130,24 @@ def read_csv_manifest(
         raise DataError(f'CSV manifest {csv} does not exist; check the path (data.source)')
     root = Path(root) if root is not None else csv.parent
     df = _read_csv_text(csv)
-    missing = [c for c in ('path', 'label') if c not in df.columns]
+    target = 'text' if 'text' in df.columns and 'label' not in df.columns else 'label'
+    missing = [c for c in ('path', target) if c not in df.columns]
     if missing:
         raise DataError(
             f'{csv} lacks column(s) {missing}; it has {list(df.columns)}. '
-            'A manifest needs `path` and `label` (and optionally `split`)'
+            'A manifest needs `path` and `label` (or `text`, for OCR) and optionally `split`'
         )
     if len(df) == 0:
         raise DataError(f'{csv} has no rows')
-    empty = df.index[(df['path'].str.strip() == '') | (df['label'].str.strip() == '')]
-    if len(empty):
-        raise DataError(f'{csv}: row {empty[0] + 2} has an empty `path` or `label`')
+    blank = df['path'].str.strip() == ''
+    if target == 'label':  # an empty reference text is valid: an image with nothing to read
+        blank |= df['label'].str.strip() == ''
+    if blank.any():
+        raise DataError(f'{csv}: row {df.index[blank][0] + 2} has an empty `path` or `{target}`')
     if 'split' not in df:
         df['split'] = ''
     df['split'] = df['split'].str.strip().str.lower().map(lambda s: _SPLIT_ALIASES.get(s, s))
-    df, repeats = _drop_repeated_paths(df, csv)
+    df, repeats = _drop_repeated_paths(df, csv, target)
     why = df['path'].map(lambda p: file_problem(root / p))
     exists = why.isna()
     if not exists.any():
@@ -158,24 +163,35 @@ def read_csv_manifest(
         )
     df = df[exists].copy()
     df.insert(0, 'image_id', df['path'])
-    meta = [c for c in df.columns if c not in ('image_id', 'path', 'split', 'label')]
-    return Samples(
-        df[['image_id', 'path', 'split', 'label'] + meta], root, skipped=skipped.reset_index(drop=True), name=csv.stem
-    )
+    meta = [c for c in df.columns if c not in ('image_id', 'path', 'split', target)]
+    return Samples(df[['image_id', 'path', 'split', target] + meta], root, 'classification' if target == 'label' else
+                   'text', skipped=skipped.reset_index(drop=True), name=csv.stem)
+
 
 # %% ../../nbs/11_data.formats.ipynb #9a615f6d
-def read_dataset(source: str | Path, root: str | Path | None = None) -> Samples:
-    "Read an ImageFolder folder, a CSV manifest or a samples parquet into `Samples`."
+def read_dataset(
+    source: str | Path,  # a folder, a .csv manifest, a COCO .json, a YOLO .yaml or a samples .parquet
+    root: str | Path | None = None,  # folder the image paths are relative to, where the format allows one
+) -> Samples:
+    "Read an ImageFolder or VOC folder, a CSV manifest, a COCO JSON, a YOLO YAML or a samples parquet into `Samples`."
+    from cvbench.data import detection
+
     p = Path(source)
+    if p.is_dir() and ((p / 'Annotations').is_dir() or any(p.glob('*.xml'))):
+        return detection.read_voc(p, root)
     if p.is_dir():
         return read_imagefolder(p)
-    if p.suffix.lower() == '.csv':
-        return read_csv_manifest(p, root)
+    readers = {'.csv': read_csv_manifest, '.json': detection.read_coco, '.yaml': detection.read_yolo,
+               '.yml': detection.read_yolo}
+    if p.suffix.lower() in readers:
+        return readers[p.suffix.lower()](p, root)
     if p.suffix.lower() == '.parquet':
         return load_samples_table(p)
     if not p.exists():
         raise DataError(
             f'dataset {source} does not exist: give a bundled dataset name, an ImageFolder folder, '
-            'a CSV manifest or a samples .parquet'
+            'a CSV manifest, a COCO .json, a YOLO .yaml, a VOC folder or a samples .parquet'
         )
-    raise DataError(f'cannot read {source}: expected a folder, a .csv manifest or a samples .parquet')
+    raise DataError(f'cannot read {source}: expected a folder, a .csv manifest, a COCO .json, a YOLO .yaml '
+                    'or a samples .parquet')
+

@@ -83,13 +83,13 @@ def _validate_objects(self: Samples):
     missing = [c for c in OBJECT_COLUMNS if c not in o]
     if missing:
         raise DataError(f'objects table lacks column(s) {missing}; it has {list(o.columns)}')
-    stray = sorted(set(o['image_id']) - set(self.df['image_id']))
+    stray = sorted(o['image_id'][~o['image_id'].isin(self.df['image_id'])].unique())
     if stray:
         raise DataError(f'objects refer to image id(s) {stray[:3]} that are not in the samples table')
     dup = o['object_id'][o['object_id'].duplicated()]
     if len(dup):
         raise DataError(f'object_id must be unique; repeated: {list(dup[:3])}')
-    unknown = sorted(set(o['label'].astype(str)) - set(self.classes))
+    unknown = sorted(set(o['label'].astype(str).unique()) - set(self.classes))
     if unknown:
         raise DataError(f'object classes {unknown[:5]} are not in the class list {self.classes[:10]}')
     lost = sorted(set(self.classes) - set(self.category_ids))
