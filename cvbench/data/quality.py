@@ -6,18 +6,19 @@ Docs: https://cvbench.github.io/cvbench/data.quality.html.md"""
 
 # %% ../../nbs/14_data.quality.ipynb #234da09b
 from __future__ import annotations
-import hashlib, io, logging, os, warnings
+import hashlib, io, json, logging, os, warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from .samples import Samples, DataError
+from .samples import Samples, DataError, OBJECT_COLUMNS
 from .images import open_image, image_properties, ImageReadError, MAX_PIXELS, _magic_format, file_problem
 
 # %% auto #0
-__all__ = ['log', 'SEVERITY', 'LEVELS', 'phash', 'hamming', 'near_duplicate_pairs', 'scan_file', 'scan_files',
-           'QualityThresholds', 'find_issues', 'plant_defects', 'recall_precision']
+__all__ = ['log', 'SEVERITY', 'LEVELS', 'ISSUE_COLUMNS', 'phash', 'hamming', 'near_duplicate_pairs', 'scan_file', 'scan_files',
+           'QualityThresholds', 'duplicate_boxes', 'polygon_problem', 'check_annotations', 'find_issues',
+           'plant_defects', 'recall_precision']
 
 # %% ../../nbs/14_data.quality.ipynb #412618db
 def phash(img: Image.Image) -> int:
@@ -173,6 +174,17 @@ SEVERITY = dict(
     odd_aspect='info',
     grayscale='info',
     class_imbalance='info',
+    nonfinite_box='error',
+    degenerate_box='error',
+    box_outside='error',
+    unknown_class='error',
+    degenerate_polygon='error',
+    size_mismatch='error',
+    box_partly_outside='warning',
+    duplicate_box='warning',
+    no_annotations='info',
+    tiny_box='info',
+    odd_box_aspect='info',
 )
 LEVELS = {'info': 0, 'warning': 1, 'error': 2}
 
@@ -193,6 +205,10 @@ class QualityThresholds:
     imbalance: float = 10.0  # largest class count / this class count
     label_issues: bool = True
     max_pixels: int = MAX_PIXELS
+    outside_px: float = 1.0  # a box edge more than this many pixels beyond the image is outside it
+    duplicate_iou: float = 0.95  # boxes of one class in one image overlapping with a larger IoU are duplicates
+    box_aspect: float = 10.0  # a box whose long side is more than this times its short side is extreme
+    tiny_box_area: float = 4.0  # boxes of fewer square pixels are tiny (a click, not a drag)
 
     def __post_init__(self):
         "Refuse values that cannot mean anything, naming the field and its range."
@@ -200,7 +216,8 @@ class QualityThresholds:
             raise DataError(f'near_radius must be a whole number of bits from 0 to 63, got {self.near_radius!r}')
         ranges = dict(near_radius=(0, 63), thumb_tol=(0, 255), thumb_ztol=(0, 10), dark_ratio=(0, 1),
                       bright_ratio=(0, 1), blur_ratio=(0, 1), flat_ratio=(0, 1), tiny_ratio=(0, 1),
-                      aspect_factor=(1, 1e9), imbalance=(1, 1e12), max_pixels=(1, 1e15))
+                      aspect_factor=(1, 1e9), imbalance=(1, 1e12), max_pixels=(1, 1e15), outside_px=(0, 1e9),
+                      duplicate_iou=(0, 1), box_aspect=(1, 1e9), tiny_box_area=(0, 1e12))
         for name, (lo, hi) in ranges.items():
             v = getattr(self, name)
             if not lo <= v <= hi:
@@ -450,13 +467,279 @@ def _skipped_issues(
     ]
     return pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else pd.DataFrame()
 
+# %% ../../nbs/14_data.quality.ipynb #f6405554
+def _objects_with_images(samples: Samples) -> pd.DataFrame:
+    "The objects of `samples` with their image's `path`, `split` and declared `width` and `height` (NaN if none)."
+    img = samples.df.reindex(columns=['image_id', 'path', 'split', 'width', 'height'])
+    o = samples.objects[list(OBJECT_COLUMNS)].merge(img, on='image_id', how='left', validate='many_to_one')
+    o['label'] = o['label'].astype(str)
+    return o
+
+
+def _object_issue(
+    o: pd.DataFrame,  # objects with their image's `path` and `split` (`_objects_with_images`)
+    mask,  # which objects have the issue
+    issue: str,  # a key of `SEVERITY`
+    score,  # a number, or one per object of `o`
+    details,  # one text per flagged object (in the order of `o`), or a single text
+) -> pd.DataFrame:
+    "Issue rows for the objects where `mask` holds; each row names its image and `object_id`."
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return pd.DataFrame()
+    sub = o.loc[m, ['image_id', 'path', 'split', 'label', 'object_id']].copy()
+    sub['issue'], sub['severity'] = issue, SEVERITY[issue]
+    sub['score'] = np.broadcast_to(np.asarray(score, dtype=float), m.shape)[m]
+    text = [details] * int(m.sum()) if isinstance(details, str) else list(details)
+    sub['details'] = [f'object {i}: {d}' for i, d in zip(sub['object_id'], text)]
+    return sub
+
+# %% ../../nbs/14_data.quality.ipynb #5f8387bb
+def _box_geometry(o: pd.DataFrame) -> dict:
+    "Arrays of the boxes of `o`: `x, y, w, h`, image `W, H`, `finite`, `sized` (finite, w > 0, h > 0), `outside`."
+    g = {k: o[c].to_numpy(float) for k, c in zip('xywhWH', ['x', 'y', 'w', 'h', 'width', 'height'])}
+    x, y, w, h, W, H = (g[k] for k in 'xywhWH')
+    g['finite'] = np.isfinite(x) & np.isfinite(y) & np.isfinite(w) & np.isfinite(h)
+    with np.errstate(invalid='ignore', over='ignore'):
+        g['sized'] = g['finite'] & (w > 0) & (h > 0)
+        inside = (np.clip(x + w, 0, W) - np.clip(x, 0, W)) * (np.clip(y + h, 0, H) - np.clip(y, 0, H))
+        g['outside'] = 1 - inside / (w * h)  # fraction of the box's area outside the image
+        g['beyond'] = np.maximum.reduce([-x, -y, x + w - W, y + h - H])  # pixels past the farthest image edge
+    g['judged'] = g['sized'] & np.isfinite(W) & np.isfinite(H)
+    return g
+
+
+def _box_issues(
+    o: pd.DataFrame,  # `_objects_with_images`
+    t: QualityThresholds,
+) -> list[pd.DataFrame]:
+    "Non-finite, empty, outside, partly outside, tiny and oddly shaped boxes."
+    g = _box_geometry(o)
+    x, y, w, h, W, H, sized, judged = (g[k] for k in ('x', 'y', 'w', 'h', 'W', 'H', 'sized', 'judged'))
+    spans = lambda m: [f'x {a:g}..{a + b:g}, y {c:g}..{c + d:g}' for a, b, c, d in zip(x[m], w[m], y[m], h[m])]
+    sizes = lambda m: [f'{a:g}x{b:g} px box' for a, b in zip(w[m], h[m])]
+    frame = lambda m: [f'the {a:g}x{b:g} image' for a, b in zip(W[m], H[m])]
+    bad = ~g['finite']
+    empty = g['finite'] & ~sized
+    out = judged & (g['outside'] >= 1)
+    part = judged & ~out & (g['beyond'] > t.outside_px)
+    area = w * h
+    tiny = sized & (area < t.tiny_box_area)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        skew = np.abs(np.log(w / h))
+    odd = sized & (skew > np.log(t.box_aspect))
+    return [
+        _object_issue(o, bad, 'nonfinite_box', 1.0, [f'box ({a}, {b}, {c}, {d}) is not finite'
+                                                      for a, b, c, d in zip(x[bad], y[bad], w[bad], h[bad])]),
+        _object_issue(o, empty, 'degenerate_box', 1.0, [f'{s} (zero or negative size)' for s in sizes(empty)]),
+        _object_issue(o, out, 'box_outside', 1.0,
+                      [f'box {s} lies outside {f}' for s, f in zip(spans(out), frame(out))]),
+        _object_issue(o, part, 'box_partly_outside', g['outside'], [
+            f'{p:.0%} of box {s} outside {f}' for p, s, f in zip(g['outside'][part], spans(part), frame(part))]),
+        _object_issue(o, tiny, 'tiny_box', 1 - area / t.tiny_box_area,
+                      [f'{s}, area {a:g} px^2 < {t.tiny_box_area:g}' for s, a in zip(sizes(tiny), area[tiny])]),
+        _object_issue(o, odd, 'odd_box_aspect', skew, [f'{s}, sides {np.exp(k):.1f}:1 (limit {t.box_aspect:g}:1)'
+                                                        for s, k in zip(sizes(odd), skew[odd])]),
+    ]
+
+# %% ../../nbs/14_data.quality.ipynb #f9fc659c
+def duplicate_boxes(
+    objects: pd.DataFrame,  # `image_id`, `label`, `iscrowd`, `x`, `y`, `w`, `h` (COCO xywh in pixels)
+    iou: float = 0.95,  # pairs overlapping with a larger IoU are duplicates
+    chunk: int = 1 << 22,  # IoU entries computed at once (bounds memory)
+) -> pd.DataFrame:
+    "Pairs `(i, j)`, `i < j`, of rows of `objects` in one image, class and crowd flag whose boxes have IoU > `iou`."
+    xywh = objects[['x', 'y', 'w', 'h']].to_numpy(float)
+    ok = np.flatnonzero(np.isfinite(xywh).all(1) & (xywh[:, 2] > 0) & (xywh[:, 3] > 0))
+    keys = objects.iloc[ok][['image_id', 'label', 'iscrowd']]
+    group = keys.groupby(list(keys.columns), sort=False, dropna=False).ngroup().to_numpy()
+    order = ok[np.argsort(group, kind='stable')]  # rows of `objects`, grouped, in row order within a group
+    gs = np.sort(group, kind='stable')
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if len(gs) else np.zeros(0, int)
+    sizes = np.diff(np.r_[starts, len(gs)])
+    found = [np.zeros((0, 3))]
+    if (sizes > 1).any():
+        import torch
+        from torchvision.ops import box_iou
+
+        xyxy = torch.as_tensor(np.c_[xywh[order, :2], xywh[order, :2] + xywh[order, 2:]])
+        for size in np.unique(sizes[sizes > 1]):
+            first = starts[sizes == size]
+            step = max(1, chunk // size**2)
+            for c in range(0, len(first), step):
+                pos = first[c : c + step, None] + np.arange(size)  # (groups, size) positions in `order`
+                m = torch.vmap(box_iou)(xyxy[pos], xyxy[pos]).numpy()
+                g, a, b = np.nonzero(np.triu(m > iou, 1))
+                found.append(np.c_[order[pos[g, a]], order[pos[g, b]], m[g, a, b]])
+    out = np.concatenate(found)
+    return pd.DataFrame(dict(i=out[:, 0].astype(np.int64), j=out[:, 1].astype(np.int64), iou=out[:, 2]))
+
+
+def _duplicate_box_issues(
+    o: pd.DataFrame,  # `_objects_with_images`
+    t: QualityThresholds,
+) -> pd.DataFrame:
+    "`duplicate_box` rows: the later object of each pair, scored by its largest IoU with an earlier one."
+    pairs = duplicate_boxes(o, t.duplicate_iou).sort_values('iou', ascending=False).drop_duplicates('j')
+    m = np.zeros(len(o), bool)
+    m[pairs.j.to_numpy()] = True
+    score = np.zeros(len(o))
+    score[pairs.j.to_numpy()] = pairs.iou.to_numpy()
+    twin = pd.Series(o['object_id'].to_numpy()[pairs.i.to_numpy()], index=pairs.j.to_numpy())
+    ious = pd.Series(pairs.iou.to_numpy(), index=pairs.j.to_numpy())
+    rows = np.flatnonzero(m)
+    return _object_issue(o, m, 'duplicate_box', score,
+                         [f'duplicate of object {twin[r]} (IoU {ious[r]:.3f})' for r in rows])
+
+# %% ../../nbs/14_data.quality.ipynb #663df991
+def _polygons_problem(polys) -> str | None:
+    "What is wrong with parsed COCO polygons `polys` (a list of coordinate lists), or None."
+    if not isinstance(polys, list) or not all(isinstance(p, list) for p in polys):
+        return 'segmentation is neither a list of polygons nor an RLE'
+    for k, p in enumerate(polys):
+        if len(p) % 2:
+            return f'polygon {k} has an odd number of coordinates ({len(p)})'
+        if len(p) < 6:
+            return f'polygon {k} has {len(p) // 2} point(s); a polygon needs at least 3'
+    return None if polys else 'segmentation is an empty list of polygons'
+
+
+def polygon_problem(
+    seg,  # a COCO segmentation as JSON text (polygons `[[x1, y1, ...], ...]` or an RLE dict), or None
+) -> str | None:
+    "What is wrong with the polygons of `seg`, or None (no segmentation, an RLE, or good polygons)."
+    if seg is None or (isinstance(seg, float) and np.isnan(seg)) or str(seg).strip() in ('', 'null'):
+        return None
+    s = str(seg).strip()
+    if s.startswith('{'):
+        return None  # RLE: a mask, no points to count
+    try:
+        return _polygons_problem(json.loads(s))
+    except ValueError:
+        return 'segmentation is not valid JSON'
+
+
+_NUM = r'-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?'  # a JSON number
+_ONE_POLYGON = rf'^\s*\[\s*\[\s*(?:{_NUM}\s*,\s*)*{_NUM}\s*\]\s*\]\s*$'  # `[[x1, y1, ...]]`, plain numbers
+
+
+def _polygon_problems(
+    segs: pd.Series,  # the `segmentation` column
+) -> np.ndarray:
+    "`polygon_problem` of every segmentation; one polygon of plain numbers (the usual case) is judged by its commas."
+    import pyarrow as pa, pyarrow.compute as pc
+
+    vals = segs.to_numpy(object)
+    text = pa.array([v if isinstance(v, str) else None for v in vals], pa.string())
+    simple = pc.fill_null(pc.match_substring_regex(text, _ONE_POLYGON), False).to_numpy(zero_copy_only=False)
+    n = pc.fill_null(pc.count_substring(text, ','), 0).to_numpy(zero_copy_only=False) + 1  # numbers in it
+    out = np.full(len(vals), None, object)
+    odd = simple & (n % 2 == 1)
+    few = simple & ~odd & (n < 6)
+    out[odd] = [f'polygon 0 has an odd number of coordinates ({k})' for k in n[odd]]
+    out[few] = [f'polygon 0 has {k // 2} point(s); a polygon needs at least 3' for k in n[few]]
+    rest = np.flatnonzero(~simple & pd.notna(segs).to_numpy(bool))
+    out[rest] = [polygon_problem(vals[i]) for i in rest]
+    return out
+
+
+# %% ../../nbs/14_data.quality.ipynb #50cd7d43
+def _class_issues(
+    o: pd.DataFrame,  # `_objects_with_images`
+    classes: list[str],  # the class list
+    t: QualityThresholds,
+) -> list[pd.DataFrame]:
+    "Unknown classes, degenerate polygons, and objects of classes with few objects."
+    labels = o['label'].to_numpy(object)
+    known = set(classes)
+    unknown = np.fromiter((c not in known for c in labels), bool, len(labels))
+    why = _polygon_problems(o['segmentation'])
+    poly = pd.notna(why)
+    counts = o['label'].value_counts()
+    most, top = (int(counts.iloc[0]), counts.index[0]) if len(counts) else (0, '')
+    rare = set(counts.index[counts * t.imbalance <= most])
+    few = np.fromiter((c in rare for c in labels), bool, len(labels))
+    n = o['label'].map(counts).to_numpy(float)
+    return [
+        _object_issue(o, unknown, 'unknown_class', 1.0,
+                      [f'class `{c}` is not in the class list {classes[:10]}' for c in o['label'][unknown]]),
+        _object_issue(o, poly, 'degenerate_polygon', 1.0, why[poly]),
+        _object_issue(o, few, 'class_imbalance', most / n,
+                      [f'{k:g} objects of `{c}` vs {most} of `{top}`' for k, c in zip(n[few], labels[few])]),
+    ]
+
+
+# %% ../../nbs/14_data.quality.ipynb #7797722a
+def _unannotated_issues(
+    samples: Samples,  # a detection samples table
+) -> pd.DataFrame:
+    "`no_annotations` rows: images without any object."
+    df = samples.df.reset_index(drop=True)
+    has = set(samples.objects['image_id'].to_numpy(object))
+    m = np.fromiter((i not in has for i in df['image_id'].to_numpy(object)), bool, len(df))
+    why = 'no objects annotated (a negative image, or labels missing?)'
+    rows = _issue(df.assign(label=''), m, 'no_annotations', 1.0, why)
+    return rows.assign(object_id=pd.NA) if len(rows) else rows
+
+
+# %% ../../nbs/14_data.quality.ipynb #81559b29
+ISSUE_COLUMNS = ['image_id', 'path', 'split', 'label', 'issue', 'severity', 'score', 'details']
+
+
+def _issues_table(
+    parts: list[pd.DataFrame],  # issue rows
+    cols: list[str],  # the columns of the table
+) -> pd.DataFrame:
+    "One issues table from `parts`: the most severe first, then by issue, then by score (highest first)."
+    parts = [p for p in parts if len(p)]
+    out = pd.concat(parts, ignore_index=True).reindex(columns=cols) if parts else pd.DataFrame(columns=cols)
+    if 'object_id' in cols:
+        out['object_id'] = out['object_id'].astype('Int64')
+    return out.sort_values(
+        ['severity', 'issue', 'score'],
+        key=lambda c: c.map(LEVELS) if c.name == 'severity' else c,
+        ascending=[False, True, False],
+        kind='stable',
+    ).reset_index(drop=True)
+
+
+def check_annotations(
+    samples: Samples,  # a samples table with objects (task `detection`)
+    thresholds: QualityThresholds | None = None,
+) -> pd.DataFrame:
+    "Issue rows for the objects of `samples` and its images without objects; each names `image_id` and `object_id`."
+    if samples.objects is None:
+        raise DataError(f'annotation checks need a samples table with objects (task `detection`); '
+                        f'this one is a `{samples.task}` table without any')
+    t = thresholds or QualityThresholds()
+    o = _objects_with_images(samples)
+    parts = _box_issues(o, t) + [_duplicate_box_issues(o, t)] + _class_issues(o, samples.classes, t)
+    return _issues_table(parts + [_unannotated_issues(samples)], ISSUE_COLUMNS + ['object_id'])
+
+# %% ../../nbs/14_data.quality.ipynb #600e3e26
+def _size_mismatch_issues(
+    samples: Samples,  # a detection samples table (declares `width` and `height`)
+    scan: pd.DataFrame,  # `scan_files`' table, rows in the order of `samples.df`
+) -> pd.DataFrame:
+    "`size_mismatch` rows: images whose file is not the size the annotations declare (their boxes are in that frame)."
+    df = samples.df.reset_index(drop=True)
+    if samples.objects is None or not {'width', 'height'} <= set(df.columns) or 'width' not in scan:
+        return pd.DataFrame()
+    dw, dh = (pd.to_numeric(df[c], errors='coerce').to_numpy(float) for c in ('width', 'height'))
+    fw, fh = (pd.to_numeric(scan[c], errors='coerce').to_numpy(float) for c in ('width', 'height'))
+    m = np.isfinite(dw * dh * fw * fh) & ((dw != fw) | (dh != fh))
+    why = [f'annotations say {a:g}x{b:g}, the file is {c:g}x{d:g}' + (' (rotated?)' if a == d and b == c else '')
+           for a, b, c, d in zip(dw, dh, fw, fh)]
+    rows = _issue(df.assign(label=''), m, 'size_mismatch', 1.0, why)
+    return rows.assign(object_id=pd.NA) if len(rows) else rows
+
 # %% ../../nbs/14_data.quality.ipynb #1a5322af
 def find_issues(
     samples: Samples,
-    scan: pd.DataFrame,
+    scan: pd.DataFrame,  # `scan_files`' table, rows in the order of `samples.df`
     thresholds: QualityThresholds | None = None,
-    group: str | None = None,
-    pred_probs: np.ndarray | None = None,
+    group: str | None = None,  # a column whose values must not span splits
+    pred_probs: np.ndarray | None = None,  # out-of-fold class probabilities for label issues (classification)
 ) -> pd.DataFrame:
     "The issues table of a scanned samples table (rows of `scan` in the order of `samples.df`)."
     t = thresholds or QualityThresholds()
@@ -469,6 +752,9 @@ def find_issues(
         ],
         axis=1,
     )
+    labelled = 'label' in samples.df
+    if not labelled:
+        df['label'] = ''  # detection and text tables: image issues name no class
     err = df['error_kind'].fillna('').to_numpy()
     parts = [
         _issue(df, err == 'unreadable', 'unreadable', 1.0, df['error']),
@@ -490,27 +776,30 @@ def find_issues(
         main = df['split'].value_counts().idxmax()
         m = df[group].isin(bad).to_numpy() & (df['split'] != main).to_numpy()
         parts.append(_issue(df, m, 'group_leakage', 1.0, [f'{group}={g} is also in split {main}' for g in df[group]]))
+    if labelled:
+        parts.append(_image_imbalance_issues(df, t))
+        if t.label_issues:
+            parts.append(_label_issues(df, samples.classes, pred_probs))
+    elif t.label_issues:
+        log.info(f'label issues skipped: a `{samples.task}` table has no per-image label for cleanlab to judge')
+    cols = ISSUE_COLUMNS
+    if samples.objects is not None:
+        parts += [check_annotations(samples, t), _size_mismatch_issues(samples, scan)]
+        cols = ISSUE_COLUMNS + ['object_id']
+    return _issues_table(parts, cols)
+
+
+def _image_imbalance_issues(df: pd.DataFrame, t: QualityThresholds) -> pd.DataFrame:
+    "`class_imbalance` rows: images of a class with at most 1/`imbalance` of the largest class's images."
     counts = df['label'].astype(str).value_counts()
     small = counts[counts * t.imbalance <= counts.max()]
-    parts.append(
-        _issue(
-            df,
-            df['label'].astype(str).isin(small.index).to_numpy(),
-            'class_imbalance',
-            [counts.max() / counts[l] for l in df['label'].astype(str)],
-            [f'{counts[l]} images vs {counts.max()} in the largest class' for l in df['label'].astype(str)],
-        )
+    return _issue(
+        df,
+        df['label'].astype(str).isin(small.index).to_numpy(),
+        'class_imbalance',
+        [counts.max() / counts[l] for l in df['label'].astype(str)],
+        [f'{counts[l]} images vs {counts.max()} in the largest class' for l in df['label'].astype(str)],
     )
-    if t.label_issues:
-        parts.append(_label_issues(df, samples.classes, pred_probs))
-    parts = [p for p in parts if len(p)]
-    cols = ['image_id', 'path', 'split', 'label', 'issue', 'severity', 'score', 'details']
-    out = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
-    return out.sort_values(
-        ['severity', 'issue', 'score'],
-        key=lambda c: c.map(LEVELS) if c.name == 'severity' else c,
-        ascending=[False, True, False],
-    ).reset_index(drop=True)
 
 # %% ../../nbs/14_data.quality.ipynb #3ddbb66a
 def plant_defects(src: Samples, dest: str | Path, n_each: int = 5, seed: int = 0) -> tuple[Samples, pd.DataFrame]:
