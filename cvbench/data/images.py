@@ -119,7 +119,7 @@ def _sharpness(
         return 0.0
     before = q99_gradient(luma)
     after = q99_gradient(gaussian_filter(luma.astype(np.float64), 1.0, mode='nearest'))
-    return float(before / max(after, 1e-9) - 1) if before > 1e-6 else 0.0
+    return max(0.0, float(before / max(after, 1e-9) - 1)) if before > 1e-6 else 0.0  # never below 0: scores in [0, 1]
 
 # %% ../../nbs/13_data.images.ipynb #f8dbbe76
 PROPERTIES = ('brightness', 'contrast', 'highlight', 'shadow', 'sharpness', 'width', 'height', 'aspect', 'grayscale')
