@@ -14,14 +14,15 @@ import seaborn as sns
 from matplotlib import font_manager
 from matplotlib.ft2font import FT2Font
 from matplotlib.text import Text
-from ..core import atomic_path
+from ..core import CvbenchError, atomic_path
 from ..data.images import open_image, ImageReadError
 
 
 # %% auto #0
-__all__ = ['log', 'save_figure', 'png_data_uri', 'fonts_for', 'fit_fonts', 'script_fonts', 'plot_confusion_matrix',
+__all__ = ['log', 'BOX_COLOURS', 'save_figure', 'png_data_uri', 'fonts_for', 'fit_fonts', 'script_fonts', 'plot_confusion_matrix',
            'wrap_caption', 'plot_gallery', 'plot_history', 'plot_curves', 'plot_reliability', 'plot_slices',
-           'plot_throughput']
+           'plot_throughput', 'draw_boxes', 'plot_detection_gallery', 'plot_pr_curves', 'plot_f1_confidence',
+           'plot_detection_confusion', 'plot_error_breakdown']
 
 # %% ../../nbs/50_report.plots.ipynb #8449bbbf
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -302,3 +303,231 @@ def plot_throughput(table: pd.DataFrame, threads: int | None = None):
     ax.set_title('Throughput' + (f', {threads} threads' if threads else ''))
     ax.legend(fontsize=7)
     return fig
+
+# %% ../../nbs/50_report.plots.ipynb #198f86ad
+BOX_COLOURS = dict(gt='#2ca02c', tp='#1f77b4', cls='#ff7f0e', loc='#bcbd22', both='#9467bd', dupe='#e377c2',
+                   bkg='#d62728', miss='#17becf')  # ground truth, true positive and TIDE error type -> colour
+
+
+def _box(ax, r, colour: str, text: str, linewidth: float, fontsize: float, dashed: bool = False, below=False):
+    "One box with its label on a filled tag at its top-left (bottom-left when `below`)."
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((r.x, r.y), r.w, r.h, fill=False, ec=colour, lw=linewidth, ls='--' if dashed else '-'))
+    ax.text(r.x, r.y + r.h if below else r.y, text, color='white', fontsize=fontsize, va='top' if below else 'bottom',
+            clip_on=True, bbox=dict(fc=colour, ec='none', pad=0.6, alpha=0.85))
+
+
+def draw_boxes(
+    ax,  # matplotlib axes to draw on
+    image,  # the image: array, PIL image, or None to draw on what the axes already show
+    gt: pd.DataFrame | None = None,  # GT boxes: `x, y, w, h, label`; rows with `missed` True are dashed
+    dt: pd.DataFrame | None = None,  # detections: `x, y, w, h, label, score`; an optional `type` picks the colour
+    linewidth: float = 1.5,
+    fontsize: float = 6,
+):
+    "Draw `image` with GT boxes in green and detections coloured by error type, labelled with class and score."
+    if image is not None:
+        ax.imshow(np.asarray(image), interpolation='nearest')
+    for r in (gt if gt is not None else pd.DataFrame()).itertuples():
+        missed = getattr(r, 'missed', False)
+        _box(ax, r, BOX_COLOURS['gt'], str(r.label), linewidth, fontsize, pd.notna(missed) and bool(missed), True)
+    for r in (dt if dt is not None else pd.DataFrame()).itertuples():
+        colour = BOX_COLOURS.get(str(getattr(r, 'type', 'tp')), BOX_COLOURS['tp'])
+        _box(ax, r, colour, f'{r.label} {r.score:.2f}', linewidth, fontsize)
+    ax.axis('off')
+    return ax
+
+# %% ../../nbs/50_report.plots.ipynb #49d122e1
+def _image_or_blank(samples, image_id: str):
+    "The image of `image_id` as an array, or a grey canvas of its size when it cannot be read."
+    row = samples.df[samples.df['image_id'].astype(str) == str(image_id)].iloc[0]
+    try:
+        return np.asarray(open_image(samples.root / row['path']))
+    except ImageReadError:
+        h, w = int(row.get('height', 100) or 100), int(row.get('width', 100) or 100)
+        return np.full((h, w, 3), 200, np.uint8)
+
+
+def _error_caption(r) -> str:
+    "Gallery caption of one error row of `detection_errors`."
+    near = f'IoU {r.iou:.2f} with {r.best_label}' if r.best_label else 'no overlap'
+    if r.kind == 'FP':
+        return f'{r.type}: {r.label} {r.score:.2f}\n{r.image_id}, {near}'
+    return f'{r.type}: {r.label} missed\n{r.image_id}, {near}'
+
+
+def _draw_error(ax, samples, r, fontsize: float):
+    "One gallery panel: the image, its other GT boxes thin, the error thick (a missed object dashed) in its colour."
+    o = samples.objects
+    gt = o[(o['image_id'].astype(str) == str(r.image_id)) & (o['iscrowd'] == 0)]
+    if r.kind == 'FN':
+        gt = gt[gt['object_id'] != r.object_id]
+    draw_boxes(ax, _image_or_blank(samples, r.image_id), gt, linewidth=0.8, fontsize=fontsize)
+    text = f'{r.label} {r.score:.2f}' if r.kind == 'FP' else f'{r.label} (missed)'
+    _box(ax, r, BOX_COLOURS.get(str(r.type), BOX_COLOURS['bkg']), text, 2.2, fontsize, dashed=r.kind == 'FN')
+    ax.set_title(wrap_caption(_error_caption(r), 40, 2), fontsize=fontsize + 1)
+
+# %% ../../nbs/50_report.plots.ipynb #c09d3aec
+def _gallery_rows(errors: pd.DataFrame, n: int) -> list:
+    "(title, rows): the `n` highest-scored false positives and the `n` largest missed objects (crowd FPs left out)."
+    e = errors[~errors['ignored'].astype(bool)] if 'ignored' in errors else errors
+    fp = e[e['kind'] == 'FP'].sort_values('score', ascending=False, kind='stable').head(n)
+    fn = e[e['kind'] == 'FN']
+    fn = fn.iloc[np.argsort(-(fn['w'] * fn['h']).to_numpy(), kind='stable')].head(n)
+    return [(t, r) for t, r in [('False positives, highest score first', fp), ('Missed objects, largest first', fn)]
+            if len(r)]
+
+
+def plot_detection_gallery(
+    samples,  # detection `Samples` whose images the errors refer to
+    errors: pd.DataFrame,  # `detection_errors(samples, ledger)`: one row per FP / FN
+    path: str | Path,  # PNG to write (atomically)
+    n: int = 8,  # panels per gallery
+    ncols: int = 4,  # panels per row
+    size: float = 2.4,  # inches per panel
+    fontsize: float = 6,
+) -> Path:
+    "FP and FN galleries with the boxes drawn on the images, written to `path` as one PNG."
+    blocks = _gallery_rows(errors, n)
+    heights = [int(np.ceil(len(r) / ncols)) for _, r in blocks] or [1]
+    labels = [str(x) for _, r in blocks for x in (*r['label'], *r['best_label'])]
+    with script_fonts(labels):
+        aspect = float(np.nanmedian(samples.df['height'] / samples.df['width'])) if 'height' in samples.df else 0.75
+        fig = plt.figure(figsize=(size * ncols, sum(heights) * (size * aspect + 0.45) + 0.35 * len(heights)))
+        if not blocks:
+            fig.text(0.5, 0.5, 'no errors to show', ha='center', va='center')
+        subs = fig.subfigures(len(blocks), 1, height_ratios=heights, squeeze=False)[:, 0] if blocks else []
+        for sub, (title, rows), h in zip(subs, blocks, heights):
+            sub.suptitle(title, fontsize=fontsize + 3)
+            axs = sub.subplots(h, ncols, squeeze=False).ravel()
+            for ax in axs:
+                ax.axis('off')
+            for ax, r in zip(axs, rows.itertuples()):
+                _draw_error(ax, samples, r, fontsize)
+        return save_figure(fig, path)
+
+# %% ../../nbs/50_report.plots.ipynb #3f4de988
+def _per_class_curves(values, classes: list | None) -> dict:
+    "Class -> curve from a dict, a DataFrame (one column per class) or a classes x points array; -1 becomes NaN."
+    if isinstance(values, pd.DataFrame):
+        values = {c: values[c].to_numpy() for c in values.columns}
+    elif not isinstance(values, dict):
+        arr = np.atleast_2d(np.asarray(values, float))
+        values = dict(zip(classes if classes is not None else range(len(arr)), arr))
+    return {str(c): np.where(np.asarray(v, float) < 0, np.nan, np.asarray(v, float)) for c, v in values.items()}
+
+
+def _from_long(table: pd.DataFrame, x: str, y: str) -> tuple:
+    "The `x` grid and class -> `y` curve of a long table with columns `class`, `x`, `y` (`DetectionEvaluation`'s)."
+    curves = {str(c): g[y].to_numpy(float) for c, g in table.groupby('class', sort=False)}
+    grid = table[x].to_numpy(float)[: len(next(iter(curves.values())))] if curves else np.linspace(0, 1, 101)
+    return grid, curves
+
+
+def _curve_axes(ax, curves: dict, x: np.ndarray, score: dict, legend, top: int):
+    "A thin line per class (the `top` lowest-scored named in the legend), a thick one for the mean (`legend(mean, x)`)."
+    shown = sorted(curves, key=lambda c: np.nan_to_num(score[c], nan=-1))[:top]
+    for c in [c for c in curves if c not in shown] + shown:  # the legend lists the weakest first
+        y, named = curves[c], c in shown
+        ax.plot(x, y, lw=1 if named else 0.6, alpha=1 if named else 0.4,
+                label=f'{c} ({score[c]:.3f})' if named else None)
+    if curves:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # a point where every class is NaN
+            mean = np.nanmean(np.stack(list(curves.values())), 0)
+        ax.plot(x, mean, lw=2.5, color='k', label=legend(mean, x))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=6, loc='lower left')
+
+# %% ../../nbs/50_report.plots.ipynb #7d12e0c5
+def plot_pr_curves(
+    recall,  # recall grid (e.g. COCO's 101 points); or a long table `class, recall, precision` (`iou` optional)
+    precision=None,  # per class precision on the grid: dict, DataFrame (a column per class) or classes x points
+    classes: list | None = None,  # class names for an array `precision`
+    path: str | Path | None = None,  # PNG to write (atomically); the figure is returned when None
+    title: str = 'Precision-recall (IoU 0.5)',
+    top: int = 10,  # classes named in the legend: the lowest AP first
+    iou: str = '0.50',  # the `iou` rows of a long table to draw
+):
+    "Precision-recall curve per class with its AP (mean precision over the grid), and the mean over classes."
+    recall = getattr(recall, 'pr_curves', recall)  # a `DetectionEvaluation`
+    if isinstance(recall, pd.DataFrame):
+        rows = recall[recall['iou'] == iou] if 'iou' in recall else recall
+        recall, precision = _from_long(rows, 'recall', 'precision')
+    curves = _per_class_curves(precision, classes)
+    ap = {c: float(np.nanmean(y)) if np.isfinite(y).any() else float('nan') for c, y in curves.items()}
+    with script_fonts(list(curves)):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        _curve_axes(ax, curves, np.asarray(recall, float), ap, lambda m, x: f'all classes ({np.nanmean(m):.3f})', top)
+        ax.set_xlabel('recall')
+        ax.set_ylabel('precision')
+        ax.set_title(title)
+    return save_figure(fig, path) if path is not None else fig
+
+# %% ../../nbs/50_report.plots.ipynb #517c59bd
+def _best_f1(mean: np.ndarray, x: np.ndarray) -> str:
+    "Legend of the mean F1 curve: its maximum and the confidence where it is reached."
+    if not np.isfinite(mean).any():
+        return 'all classes (no F1)'
+    i = int(np.nanargmax(mean))
+    return f'all classes: best F1 {mean[i]:.2f} at {x[i]:.2f}'
+
+
+def plot_f1_confidence(
+    confidence,  # score-threshold grid (e.g. `np.linspace(0, 1, 101)`); or a long table `class, confidence, f1`
+    f1=None,  # per class F1 at each threshold: dict, DataFrame (a column per class) or classes x points array
+    classes: list | None = None,  # class names for an array `f1`
+    path: str | Path | None = None,  # PNG to write (atomically); the figure is returned when None
+    title: str = 'F1 vs confidence (IoU 0.5)',
+    top: int = 10,  # classes named in the legend: the lowest best-F1 first
+):
+    "F1 against the score threshold per class, and the mean over classes with its best threshold."
+    confidence = getattr(confidence, 'f1_curves', confidence)  # a `DetectionEvaluation`
+    if isinstance(confidence, pd.DataFrame):
+        confidence, f1 = _from_long(confidence, 'confidence', 'f1')
+    curves = _per_class_curves(f1, classes)
+    best = {c: float(np.nanmax(y)) if np.isfinite(y).any() else float('nan') for c, y in curves.items()}
+    with script_fonts(list(curves)):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        _curve_axes(ax, curves, np.asarray(confidence, float), best, _best_f1, top)
+        ax.set_xlabel('confidence threshold')
+        ax.set_ylabel('F1')
+        ax.set_title(title)
+    return save_figure(fig, path) if path is not None else fig
+
+# %% ../../nbs/50_report.plots.ipynb #716c3e11
+def plot_detection_confusion(
+    df: pd.DataFrame,  # `detection_confusion(...)`: rows true + background, columns predicted + background
+    path: str | Path | None = None,  # PNG to write (atomically); the figure is returned when None
+    normalize: bool = True,  # colour by row share (counts are always written in the cells)
+    title: str = 'Detection confusion matrix',
+):
+    "Heatmap of a detection confusion matrix: the `background` row holds false positives, the column missed objects."
+    if list(df.index) != list(df.columns):
+        raise CvbenchError(f'rows {list(df.index)[:5]} and columns {list(df.columns)[:5]} must list the same labels')
+    fig = plot_confusion_matrix(df.to_numpy(int), [str(c) for c in df.index], normalize=normalize)
+    fig.axes[0].set_title(title + (' (row-normalized)' if normalize else ''))
+    return save_figure(fig, path) if path is not None else fig
+
+# %% ../../nbs/50_report.plots.ipynb #2dbb9017
+def plot_error_breakdown(
+    breakdown,  # an `ErrorBreakdown` (`error_breakdown(samples, ledger)`): `dap`, `special`, `counts`, `ap`
+    path: str | Path | None = None,  # PNG to write (atomically); the figure is returned when None
+):
+    "TIDE's summary as bars: the AP gained by fixing each error type (with its count), and the two special errors."
+    colours = {**BOX_COLOURS, 'false_pos': '#7f7f7f', 'false_neg': '#7f7f7f'}
+    fig, axs = plt.subplots(1, 2, figsize=(7, 2.6), width_ratios=[3, 1.2], sharex=True)
+    for ax, values, title in [(axs[0], breakdown.dap, 'main errors'), (axs[1], breakdown.special, 'special')]:
+        names = list(values)[::-1]
+        ax.barh(names, [100 * np.nan_to_num(values[t]) for t in names], color=[colours[t] for t in names])
+        for y, t in enumerate(names):
+            n = breakdown.counts.get(t)
+            label = f' {100 * values[t]:.1f}' + (f' (n={n})' if n is not None else '')
+            ax.text(100 * np.nan_to_num(values[t]), y, label, va='center', fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('dAP (AP points)')
+    fig.suptitle(f'TIDE error breakdown, AP{round(100 * breakdown.pos_iou)} = {100 * breakdown.ap:.1f}', fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path) if path is not None else fig
