@@ -51,7 +51,13 @@ def _cmd_train(a):
     print(f'run directory: {rd}\nmodel: {RunDir(rd).model}')
 
 def _cmd_eval(a):
-    out, ev = runs.evaluate(a.run_dir, a.checkpoint, a.data, a.root, a.split, a.out)
+    if a.predictions:
+        if a.checkpoint or a.data:
+            raise CvbenchError('--predictions are evaluated on DATASET: drop --checkpoint and --data')
+        runs.evaluate_predictions(a.source, a.predictions, a.out, a.root, a.split)
+        print(''.join(f'{k}: {v}\n' for k, v in runs.evaluation_summary(a.out).items()), end='')
+        return
+    out, ev = runs.evaluate(a.source, a.checkpoint, a.data, a.root, a.split, a.out)
     rows = ''.join(f'{r.metric}: {r.estimate:.4f} [{r.low:.4f}, {r.high:.4f}]\n' for r in ev.intervals.itertuples())
     print(f'ledger: {out.predictions}\nn: {ev.metrics.n}\n' + rows, end='')
 
@@ -98,6 +104,13 @@ def _cmd_data_split(a):
     s = runs.data_split(a.source, a.out, a.root, a.valid_pct, a.test_pct, a.group, dedup, a.near_radius, a.seed)
     how = ('duplicate-aware' if dedup else 'no dedup') + (f', grouped by {a.group}' if a.group else '')
     print(f'splits {s.split_counts()} ({how}): {a.out}')
+
+def _cmd_data_convert(a):
+    print(f'{a.to}: {runs.convert_data(a.source, a.to, a.out, a.root)}')
+
+def _cmd_data_frames(a):
+    s = runs.extract_video_frames(a.video, a.out, a.every, a.fps)
+    print(f'{len(s)} frames of {s.df["video"].nunique()} video(s) in {a.out}; samples table: {RunDir(a.out).samples}')
 
 def _cmd_data_version(a):
     m = runs.data_version(a.source, a.out)
@@ -165,12 +178,16 @@ PIPELINE = dict(
     train=(_cmd_train, 'train only (no evaluation or report); writes a run directory with model.safetensors', [
         _arg('config', nargs='*', help=CFG_HELP),
         _arg('--resume', metavar='RUN_DIR', help='continue an interrupted run'), QUIET]),
-    eval=(_cmd_eval, "evaluate a run's model (its validation split, or --data), or a --checkpoint on --data", [
-        _arg('run_dir', nargs='?', help='a run directory'),
+    eval=(_cmd_eval, "evaluate a run's model (its validation split, or --data), a --checkpoint on --data, "
+          'or any model\'s --predictions on a DATASET', [
+        _arg('source', nargs='?', metavar='RUN_DIR | DATASET', help='a run directory; with --predictions, the dataset '
+             '(COCO JSON, VOC folder, YOLO YAML, CSV manifest, samples parquet)'),
+        _arg('--predictions', metavar='RESULTS',
+             help='a COCO results JSON, a CSV with image_id,pred_text, or a cvbench ledger .parquet'),
         _arg('--checkpoint', help='a model.safetensors written by cvbench'),
         _arg('--data', help=f'dataset: {SOURCE_HELP}'), ROOT,
         _arg('--split', help='evaluate only this split (train/valid/test)'),
-        _arg('--out', help='output folder with --checkpoint')]),
+        _arg('--out', help='output folder with --checkpoint or --predictions')]),
     report=(_cmd_report, 'write the Markdown + self-contained HTML report of a run or evaluation folder', [
         _arg('dir', help='a run directory or evaluation folder (holding predictions.parquet)'),
         _arg('--out', help='also copy the report folder here'),
@@ -245,10 +262,19 @@ DATA = dict(
         _arg('--out', required=True, help='samples .parquet to write'),
         _arg('--valid-pct', type=float, default=0.2, help='validation fraction (default 0.2)'),
         _arg('--test-pct', type=float, default=0.0, help='test fraction (default 0)'),
-        _arg('--group', help='keep each value of this column in one split'),
+        _arg('--group', help='keep each value of this column in one split (e.g. video, patient, site)'),
         _arg('--no-dedup', action='store_true', help='do not keep near duplicates together'),
         _arg('--near-radius', type=int, default=4, help='near-duplicate pHash radius (default 4)'),
         _arg('--seed', type=int, default=0, help='split seed (default 0)')]),
+    convert=(_cmd_data_convert, 'convert a detection dataset (COCO JSON, VOC folder, YOLO YAML) to coco, voc or yolo', [
+        _arg('source', help='a COCO JSON, a VOC folder or a YOLO dataset YAML'), ROOT,
+        _arg('--to', required=True, choices=['coco', 'voc', 'yolo'], help='the format to write'),
+        _arg('--out', required=True, help='output folder')]),
+    frames=(_cmd_data_frames, 'sample frames of a video (or a folder of videos) into an image dataset', [
+        _arg('video', help='a video file or a folder of videos'),
+        _arg('--every', type=int, help='keep every N-th frame'),
+        _arg('--fps', type=float, help='or sample F frames per second'),
+        _arg('--out', required=True, help='folder for the frames and their samples table')]),
     version=(_cmd_data_version, 'the content version id of a dataset (files, labels and splits), and its manifest', [
         _arg('source', help='a dataset'), _arg('--out', help='write the manifest CSV here')]),
     diff=(_cmd_data_diff, 'what changed between two versions (manifests or datasets)', [
@@ -277,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     _add_commands(sub, PIPELINE)
     _add_commands(sub, SHIP)
-    d = sub.add_parser('data', help='check, split, version, diff and describe datasets',
-                       description='Data quality, splits, versions and datasheets.')
+    d = sub.add_parser('data', help='check, split, convert, version, diff and describe datasets; video frames',
+                       description='Data quality, splits, formats, video frames, versions and datasheets.')
     _add_commands(d.add_subparsers(dest='data_command', metavar='DATA_COMMAND', required=True), DATA)
     return p
 

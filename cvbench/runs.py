@@ -18,8 +18,9 @@ from .tasks import get_task
 
 # %% auto #0
 __all__ = ['log', 'resumable', 'start_run', 'train_run', 'evaluate_checkpoint', 'evaluate_run', 'evaluate', 'open_evaluation',
-           'compare_runs', 'publish_report', 'report_run', 'run', 'run_summary', 'run_seeds', 'ledger_probs_for',
-           'quality_thresholds', 'data_check', 'exclude_issues', 'write_clean', 'fails', 'data_split',
+           'compare_runs', 'publish_report', 'write_evaluation_report', 'report_run', 'evaluate_predictions',
+           'evaluation_summary', 'run', 'run_summary', 'run_seeds', 'ledger_probs_for', 'quality_thresholds',
+           'data_check', 'exclude_issues', 'write_clean', 'fails', 'data_split', 'convert_data', 'extract_video_frames',
            'dataset_manifest', 'data_version', 'data_diff', 'data_datasheet', 'export_run', 'predict_folder',
            'bench_run', 'quantize_run', 'predict_images', 'serve_package', 'promotion_ids', 'promote_run']
 
@@ -103,7 +104,7 @@ def evaluate_checkpoint(
     data_version = data_version or samples.version
     save_ledger(ledger, out.predictions, info['classes'], task.name, image_root=str(samples.root),
                 data_version=data_version, checkpoint=str(checkpoint), model=info['model'], **meta)
-    ev = task.evaluate(ledger, info['classes'], samples.df, cfg)
+    ev = task.evaluate(ledger, info['classes'], samples, cfg)
     task.save_evaluation(ev, out.path, data_version=data_version, model=info['model'],
                          skipped_at_predict=ledger.attrs['skipped'])
     return ledger, ev
@@ -159,8 +160,8 @@ def evaluate(
     return (RunDir(run_dir).eval_dir(data) if data else RunDir(run_dir)), ev
 
 # %% ../nbs/55_runs.ipynb #bb204c81
-def open_evaluation(path: str | Path) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
-    "Ledger, its metadata and the samples table (if any) of a run directory, evaluation folder or ledger file."
+def open_evaluation(path: str | Path) -> tuple[pd.DataFrame, dict, Samples | None]:
+    "Ledger, its metadata and the `Samples` (if saved beside it) of a run directory, evaluation folder or ledger file."
     p = Path(path)
     if not p.exists():
         raise CvbenchError(f'{path} does not exist; '
@@ -170,7 +171,7 @@ def open_evaluation(path: str | Path) -> tuple[pd.DataFrame, dict, pd.DataFrame 
         raise CvbenchError(f'{path} has no {f.name}; evaluate it first (`cvbench eval {path}`)')
     ledger, meta = read_ledger(f)
     samples = RunDir(f.parent).samples
-    return ledger, meta, (load_samples_table(samples).df if samples.is_file() else None)
+    return ledger, meta, (load_samples_table(samples) if samples.is_file() else None)
 
 # %% ../nbs/55_runs.ipynb #ab1fbb81
 def compare_runs(
@@ -184,16 +185,11 @@ def compare_runs(
     seed: int = 0,  # bootstrap seed
 ):
     "Compare two evaluated runs (or ledgers) with an optional gate; write `comparison.md`/`.json` into `out`."
-    from cvbench.evaluate.compare import compare
-    from cvbench.evaluate.errors import load_regression_sets
-
-    (la, ma, sa), (lb, mb, sb) = open_evaluation(baseline), open_evaluation(candidate)
-    if ma['classes'] != mb['classes']:
-        raise LedgerError(f'the two ledgers have different classes ({ma["classes"][:5]} vs {mb["classes"][:5]}); '
-                          'they cannot be compared')
-    sets = load_regression_sets(sets_dir)
-    c = compare(la, lb, ma['classes'], sb if sb is not None else sa, gate, sets, n_resamples, seed, ma, mb,
-                allow_data_mismatch)
+    a, b = open_evaluation(baseline), open_evaluation(candidate)
+    if a[1]['task'] != b[1]['task']:
+        raise LedgerError(f'{baseline} is a {a[1]["task"]} evaluation and {candidate} a {b[1]["task"]} one; '
+                          'compare evaluations of the same task')
+    c = get_task(a[1]['task']).compare(a, b, gate, n_resamples, seed, sets_dir, allow_data_mismatch)
     if out is not None:
         title = f'# Comparison: {Path(baseline).name} → {Path(candidate).name}\n\n'
         write_text(Path(out) / 'comparison.md', title + c.to_markdown() + '\n')
@@ -226,12 +222,36 @@ def _skipped(rd: RunDir, meta: dict) -> pd.DataFrame | None:
 
 def _about(rd: RunDir, meta: dict, cfg: Config) -> dict:
     "What the report says was evaluated."
-    data = cfg.data.source if rd.has('config') else meta.get('image_root')
+    data = cfg.data.source if rd.has('config') else meta.get('dataset', meta.get('image_root'))
     return dict(run=rd.name, model=meta.get('model'), data=data,
                 data_version=meta.get('data_version'), checkpoint=Path(meta.get('checkpoint', '')).name,
                 generated=time.strftime('%Y-%m-%d %H:%M:%S'))
 
 # %% ../nbs/55_runs.ipynb #ef1ff6ef
+def write_evaluation_report(
+    rd: RunDir,  # the run directory or evaluation folder (history, environment, skipped files)
+    task,  # its `Task`
+    ledger: pd.DataFrame,  # the ledger
+    meta: dict,  # the ledger's metadata (classes, image_root, model, data_version, ...)
+    samples: Samples | None,  # the samples it predicts, if known
+    ev,  # the task's evaluation of the ledger
+    cfg: Config,  # report settings (`cfg.eval`)
+    rep: Path,  # the report folder to write
+    comparison=None,  # a `Comparison` with a baseline, for the decision section
+    baseline: str | Path | None = None,  # the baseline's path
+) -> dict:
+    "Write `report.md`/`report.html` of an evaluation in hand into `rep`; return their paths."
+    from cvbench.report.documents import write_report
+
+    secs = task.report_sections(
+        ev, ledger, meta.get('image_root', '.'), rep, _about(rd, meta, cfg),
+        history=pd.read_csv(rd.history) if rd.has('history') else None, skipped=_skipped(rd, meta),
+        environment=read_json(rd.environment) if rd.has('environment') else None, n_worst=cfg.eval.n_worst,
+        comparison=comparison, baseline_name=Path(baseline).name if baseline else None,
+        n_resamples=cfg.eval.n_resamples, samples=samples)
+    return write_report(secs, rep, f'Evaluation report: {rd.name}')
+
+
 def report_run(
     run_dir: str | Path,  # a run directory, an evaluation folder or a ledger file
     out: str | Path | None = None,  # also publish the report folder here
@@ -240,31 +260,87 @@ def report_run(
     ev=None,  # the evaluation of the ledger, if already computed
 ) -> dict:
     "Write `report.md`/`report.html` for the ledger in `run_dir` into `run_dir/report` (and a copy into `out`)."
-    from cvbench.report.documents import write_report
-
     rd = RunDir(run_dir)
-    ledger, meta, samples_df = open_evaluation(rd.path)
+    ledger, meta, samples = open_evaluation(rd.path)
     rep = rd.report if rd.path.is_dir() else rd.path.with_name(f'{rd.path.stem}-report')  # a bare ledger: beside it
     cfg = rd.load_config() if rd.has('config') else Config()
     task = get_task(meta['task'])
     task.check_ledger(ledger, meta)
-    ev = ev if ev is not None else task.evaluate(ledger, meta['classes'], samples_df, cfg)
+    ev = ev if ev is not None else task.evaluate(ledger, meta['classes'], samples, cfg)
     comparison = None
     if baseline:
         comparison = compare_runs(baseline, rd.path, gate, rep, sets_dir=cfg.eval.regression_sets_dir,
                                   n_resamples=cfg.eval.n_resamples, seed=cfg.seed)
-    secs = task.report_sections(
-        ev, ledger, meta.get('image_root', '.'), rep, _about(rd, meta, cfg),
-        history=pd.read_csv(rd.history) if rd.has('history') else None, skipped=_skipped(rd, meta),
-        environment=read_json(rd.environment) if rd.has('environment') else None, n_worst=cfg.eval.n_worst,
-        comparison=comparison, baseline_name=Path(baseline).name if baseline else None,
-        n_resamples=cfg.eval.n_resamples)
-    files = write_report(secs, rep, f'Evaluation report: {rd.name}')
+    files = write_evaluation_report(rd, task, ledger, meta, samples, ev, cfg, rep, comparison, baseline)
     if out is not None:
         files = publish_report(rep, Path(out))
     if comparison is not None:
         files['comparison'] = comparison
     return files
+
+
+# %% ../nbs/55_runs.ipynb #063cf57b
+def _report_if_any(rd: RunDir, task, ledger: pd.DataFrame, meta: dict, samples: Samples, ev, cfg: Config):
+    "The report of an evaluation in hand, or None (logged) when its task has no report sections yet."
+    try:
+        return write_evaluation_report(rd, task, ledger, meta, samples, ev, cfg, rd.report)['html']
+    except NotImplementedError as e:
+        log.warning(f'no report: {e}')
+        return None
+
+
+def _annotated_dataset(dataset: str | Path, root: str | None, cache_dir: str) -> Samples:
+    "The dataset as annotated: a COCO JSON keeps every image it lists, on disk or not, as pycocotools does."
+    if Path(dataset).suffix.lower() == '.json':
+        from cvbench.data.detection import read_coco
+
+        return read_coco(dataset, root, check_images=False)  # evaluation reads no pixel
+    return load_dataset(dataset, root, cache_dir)
+
+
+def evaluate_predictions(
+    dataset: str | Path,  # any dataset cvbench reads: COCO JSON, VOC folder, YOLO YAML, CSV, samples parquet, bundled
+    predictions: str | Path,  # COCO results JSON (detection), CSV `image_id,pred_text` (text) or a cvbench ledger
+    out: str | Path,  # folder for the samples table, ledger, `metrics.json`, report and `run.json`
+    root: str | None = None,  # image root of the dataset (a CSV manifest; a COCO JSON whose images live elsewhere)
+    split: str | None = None,  # evaluate only this split of the dataset
+    cfg: Config | None = None,  # evaluation settings (`cfg.eval`, `cfg.seed`); default: the defaults
+) -> tuple[pd.DataFrame, object]:
+    "Evaluate a model's predictions on `dataset`; write everything into `out`; return the ledger and the evaluation."
+    if not dataset or out is None:
+        raise CvbenchError('evaluating predictions needs the dataset they predict and an output folder: '
+                           '`cvbench eval DATASET --predictions RESULTS --out DIR`')
+    pred = Path(predictions)
+    if not pred.is_file():
+        raise CvbenchError(f'predictions {predictions} do not exist; give a COCO results JSON (detection), '
+                           'a CSV with image_id,pred_text (text) or a cvbench ledger .parquet')
+    cfg = cfg or Config()
+    samples = _annotated_dataset(dataset, root, cfg.data.cache_dir)
+    samples = samples.subset(split) if split else samples
+    samples.root = samples.root.resolve()  # the saved table finds its images from any working directory
+    task = get_task(samples.task)
+    ledger, classes = task.read_predictions(pred, task.check_samples(samples))
+    ev = task.evaluate(ledger, classes, samples, cfg)
+    rd, version = RunDir(out), samples.version
+    samples.save(rd.samples)
+    meta = dict(image_root=str(samples.root), data_version=version, dataset=str(dataset), predictions=str(pred),
+                model=pred.name)
+    save_ledger(ledger, rd.predictions, classes, task.name, **meta)
+    task.save_evaluation(ev, rd.path, data_version=version, dataset=str(dataset), predictions=str(pred))
+    report = _report_if_any(rd, task, ledger, dict(meta, classes=classes, task=task.name), samples, ev, cfg)
+    rd.write_status(status='evaluated', task=task.name, dataset=str(dataset), predictions=str(pred),
+                    data_version=version, report=str(report) if report else None, **task.headline(ev))
+    return ledger, ev
+
+
+def evaluation_summary(out: str | Path) -> dict:
+    "What `cvbench eval --predictions` prints: the task's headline metrics and where the files went."
+    rd = RunDir(out)
+    st = rd.status
+    keys = [k for k in get_task(st['task']).headline_keys if k in st]
+    files = dict(ledger=rd.predictions, metrics=rd.metrics, report=st.get('report'))
+    return {**{k: f'{st[k]:.4f}' for k in keys}, **{k: str(v) for k, v in files.items() if v}}
+
 
 # %% ../nbs/55_runs.ipynb #03a0ad19
 def run(
@@ -395,7 +471,10 @@ def exclude_issues(samples: Samples, issues: pd.DataFrame, kinds: list[str]):
         raise CvbenchError(f'unknown issue type(s) {bad}; known: {", ".join(SEVERITY)}')
     drop = set(issues.image_id[issues.issue.isin(kinds)].astype(str))
     keep = ~samples.df['image_id'].astype(str).isin(drop)
-    clean = Samples(samples.df[keep], samples.root, samples.task, samples.classes, samples.skipped, samples.name)
+    o = samples.objects  # detection: the objects of the kept images
+    objects = None if o is None else o[o['image_id'].isin(samples.df['image_id'][keep])]
+    clean = Samples(samples.df[keep], samples.root, samples.task, samples.classes, samples.skipped, samples.name,
+                    objects, samples.category_ids)
     return clean, {k: int((issues.issue == k).sum()) for k in kinds if (issues.issue == k).any()}
 
 
@@ -453,6 +532,33 @@ def data_split(
     split = group_split(s, duplicate_groups(len(s), pairs, base), valid_pct, test_pct, seed)
     split.save(out)
     return split
+
+# %% ../nbs/55_runs.ipynb #374c4003
+def convert_data(
+    source: str | Path,  # a detection dataset: COCO JSON, VOC folder or YOLO dataset YAML
+    to: str,  # `coco`, `voc` or `yolo`
+    out: str | Path,  # a new or empty folder (`coco`: `annotations.json` and `images/` in it)
+    root: str | None = None,  # image root of `source` when its images live elsewhere
+) -> Path:
+    "Convert a detection dataset to another format through the samples table; return what was written."
+    from cvbench.data.detection import convert_dataset
+
+    return convert_dataset(source, to, out, root)
+
+
+def extract_video_frames(
+    video: str | Path,  # a video file, or a folder of videos
+    out: str | Path,  # folder for the frames and their samples table
+    every: int | None = None,  # keep every N-th frame
+    fps: float | None = None,  # or sample this many frames per second
+) -> Samples:
+    "Sample frames of `video` into an image dataset with `video`, `frame`, `timestamp` columns; save its table."
+    from cvbench.data.video import extract_frames
+
+    samples = extract_frames(video, out, every=every, fps=fps)
+    samples.save(RunDir(out).samples)
+    return samples
+
 
 # %% ../nbs/55_runs.ipynb #8b1f6c60
 def dataset_manifest(x: str, root: str | None = None) -> pd.DataFrame:

