@@ -10,7 +10,7 @@ import functools, json, logging, shutil, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from ..core import write_json
+from ..core import RunDir, write_json
 from .samples import Samples, DataError, OBJECT_COLUMNS, SPLITS, load_samples_table
 from .formats import read_imagefolder, read_dataset
 from .images import check_images
@@ -68,7 +68,7 @@ def materialize(name: str, # a key of `BUNDLED`
 # %% ../../nbs/12_data.datasets.ipynb #42d7fdb3
 def _read_bundled(folder: Path, name: str) -> Samples:
     "The samples of a materialized bundled dataset: its `samples.parquet` if it has one, else an ImageFolder."
-    table = folder/'samples.parquet'
+    table = RunDir(folder).samples
     if not table.is_file():
         s = read_imagefolder(folder)
         s.name = name
@@ -291,6 +291,12 @@ def _render_scene(seed: int, i: int, size: tuple[int, int], classes: list, max_o
     img, conditions = _conditions(rng, img)
     return img, owner, conditions, polys, labels, hidden, rng.random()
 
+# %% ../../nbs/12_data.datasets.ipynb #8217f1aa
+def _check_seed(seed):
+    "Raise `DataError` unless `seed` is a whole number >= 0 (numpy's generators refuse negative seeds)."
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f'`seed` must be a whole number >= 0, got {seed!r}')
+
 # %% ../../nbs/12_data.datasets.ipynb #eafe8d15
 def _check_scene_args(n: int, size: tuple, classes: tuple, max_objects: int, fmt: str, splits: tuple):
     "Raise `DataError` for arguments `synthetic_scenes` cannot draw."
@@ -317,6 +323,7 @@ def synthetic_scenes(
 ) -> Samples:
     "Draw `n` scenes of shapes on photos and gradients under varied conditions; their detection `Samples`."
     _check_scene_args(n, size, classes, max_objects, fmt, splits)
+    _check_seed(seed)
     out = Path(out)
     (out/'images').mkdir(parents=True, exist_ok=True)
     (out/'masks').mkdir(exist_ok=True)
@@ -334,7 +341,7 @@ def synthetic_scenes(
     objects = pd.DataFrame(objects, columns=[*OBJECT_COLUMNS, 'occluded', 'size'])
     objects['object_id'] = np.arange(1, len(objects) + 1)
     s = Samples(pd.DataFrame(rows), out, 'detection', list(classes), name='scenes', objects=objects)
-    s.save(out/'samples.parquet')
+    s.save(RunDir(out).samples)
     log.info(f'wrote {n} scenes with {len(objects)} objects to {out}')
     return s
 
@@ -450,6 +457,7 @@ def simulate_detections(
     "A detection ledger frame for `samples` from a simulated detector whose mistakes depend on the scene."
     if samples.objects is None: raise DataError('simulate_detections needs detection samples (with `objects`)')
     if not 0 < confusion < 1: raise DataError(f'`confusion` must be strictly between 0 and 1, got {confusion}')
+    _check_seed(seed)
     rng = np.random.default_rng(seed)
     real = (samples.objects['iscrowd'] == 0).to_numpy()
     o, d = samples.objects[real], object_hardness(samples, hardness)[real]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
-from ..core import CvbenchError, atomic_path
+from ..core import CvbenchError, atomic_path, write_text
 
 # %% auto #0
-__all__ = ['PROB_PREFIX', 'LEDGER_VERSION', 'LEDGER_COLUMNS', 'REQUIRED_COLUMNS', 'LedgerError', 'ledger_frame', 'save_ledger',
-           'check_ledger', 'read_ledger', 'ledger_probs']
+__all__ = ['PROB_PREFIX', 'LEDGER_VERSION', 'LEDGER_COLUMNS', 'REQUIRED_COLUMNS', 'DETECTION_COLUMNS', 'BOX_COLUMNS',
+           'LedgerError', 'ledger_frame', 'save_ledger', 'check_ledger', 'read_ledger', 'ledger_probs',
+           'detection_ledger_frame', 'check_detection_ledger', 'results_ledger', 'read_coco_results', 'coco_results',
+           'write_coco_results']
 
 # %% ../../nbs/30a_evaluate.ledger.ipynb #0b18d696
 PROB_PREFIX = 'prob_'  # probability columns are `prob_<class>`
@@ -91,7 +93,7 @@ def check_ledger(
 
 
 def read_ledger(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    "Read a ledger and its metadata, checking its schema version, columns and probability columns."
+    "Read a ledger and its metadata, checking its schema version and columns (detection: `check_detection_ledger`)."
     path = Path(path)
     if not path.is_file():
         raise LedgerError(f'ledger {path} does not exist')
@@ -104,12 +106,180 @@ def read_ledger(path: str | Path) -> tuple[pd.DataFrame, dict]:
         raise LedgerError(f'{path} has ledger schema version {meta["ledger_version"]}, newer than this cvbench reads '
                           f'({LEDGER_VERSION}); upgrade cvbench')
     df = t.to_pandas()
+    meta.setdefault('task', 'classification')
+    if meta['task'] == 'detection':
+        classes = meta.get('classes') or sorted(df['label'].astype(str).unique())
+        return check_detection_ledger(df, classes, str(path)), dict(meta, classes=classes)
     classes = meta.get('classes') or [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
     check_ledger(df, classes, str(path))
-    meta.setdefault('task', 'classification')
     return df, dict(meta, classes=classes)
 
 
 def ledger_probs(ledger: pd.DataFrame, classes: list[str]) -> np.ndarray:
     "The `(n, n_classes)` probability matrix of a ledger, in `classes` order."
     return ledger[[PROB_PREFIX + c for c in classes]].to_numpy(dtype=np.float64)
+
+# %% ../../nbs/30a_evaluate.ledger.ipynb #d996dc18
+DETECTION_COLUMNS = ('image_id', 'label', 'score', 'x', 'y', 'w', 'h')  # a detection ledger, one row per detection
+BOX_COLUMNS = ('x', 'y', 'w', 'h')  # absolute pixels, COCO convention: top-left corner, width, height
+
+
+def detection_ledger_frame(
+    image_ids,  # the samples' `image_id` of each detection
+    labels,  # class name of each detection
+    scores,  # confidence of each detection
+    boxes,  # `(n, 4)` boxes in absolute pixels, COCO `x, y, w, h`
+    segmentation=None,  # optional: JSON text of a COCO segmentation per detection (or None)
+) -> pd.DataFrame:
+    "A detection ledger from columns."
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    df = pd.DataFrame(dict(image_id=pd.Series(image_ids, dtype=str), label=pd.Series(labels, dtype=str),
+                           score=np.asarray(scores, dtype=np.float64)))
+    df[list(BOX_COLUMNS)] = boxes
+    if segmentation is not None:
+        df['segmentation'] = pd.Series(list(segmentation), dtype=object)
+    return df
+
+# %% ../../nbs/30a_evaluate.ledger.ipynb #d5b4857e
+def _bad_rows(
+    df: pd.DataFrame,  # the ledger
+    bad: np.ndarray,  # boolean mask of the offending rows
+    what: str,  # what is wrong with them
+    where: str,  # the ledger's name in the message
+    fix: str,  # how to fix it
+):
+    "Raise `LedgerError` naming how many rows are `bad`, the first row and its image."
+    i = int(np.flatnonzero(bad)[0])
+    raise LedgerError(f'{where}: {int(bad.sum())} detection(s) with {what}, first at row {i} '
+                      f'(image_id {df["image_id"].iloc[i]!r}); {fix}')
+
+
+def check_detection_ledger(
+    df: pd.DataFrame,  # a detection ledger
+    classes: list[str],  # the class list of the samples
+    where: str = 'the detection ledger',  # how to name it in messages (a path)
+) -> pd.DataFrame:
+    "Raise `LedgerError` unless `df` has the detection columns, finite scores and boxes, and only known classes."
+    missing = [c for c in DETECTION_COLUMNS if c not in df]
+    if missing:
+        raise LedgerError(f'{where} lacks column(s) {missing}; a detection ledger needs {list(DETECTION_COLUMNS)} '
+                          '(boxes in absolute pixels, COCO x, y, w, h)')
+    try:
+        vals = df[['score', *BOX_COLUMNS]].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise LedgerError(f'{where}: score and box columns must be numbers ({e})') from None
+    bad = ~np.isfinite(vals).all(1)
+    if bad.any():
+        _bad_rows(df, bad, 'a NaN or infinite score or box', where, 'drop or fix these detections')
+    neg = (vals[:, 3:] < 0).any(1)
+    if neg.any():
+        _bad_rows(df, neg, 'a negative width or height', where,
+                  'boxes are x, y, w, h: from x1, y1, x2, y2 use w = x2 - x1, h = y2 - y1')
+    unknown = ~df['label'].astype(str).isin(list(classes)).to_numpy()
+    if unknown.any():
+        name = df['label'].astype(str).to_numpy()[unknown][0]
+        _bad_rows(df, unknown, f'a class not in the class list (e.g. {name!r})', where,
+                  f'the dataset has classes {list(classes)[:10]}: rename or drop them')
+    return df
+
+# %% ../../nbs/30a_evaluate.ledger.ipynb #931d6f52
+def _results_column(
+    res: list,  # the results
+    key: str,  # the field
+    where: str,  # name in messages
+) -> list:
+    "The values of `key` in every result, or a `LedgerError` naming the first result that lacks it."
+    try:
+        return [r[key] for r in res]
+    except (KeyError, TypeError):
+        i = next(i for i, r in enumerate(res) if not isinstance(r, dict) or key not in r)
+        raise LedgerError(f'{where}: result {i} has no {key!r} ({str(res[i])[:80]}); a COCO result is '
+                          '{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}') from None
+
+
+def _known(
+    values: np.ndarray,  # ids from the results
+    known,  # the ids the dataset has
+    what: str,  # 'image id' or 'category id'
+    where: str,  # name in messages
+    fix: str,  # how to fix it
+):
+    "Raise `LedgerError` when some `values` are not `known`."
+    stray = pd.unique(values[~pd.Series(values).isin(list(known)).to_numpy()])
+    if len(stray):
+        raise LedgerError(f'{where}: results for {len(stray)} {what}(s) not in the dataset, '
+                          f'e.g. {stray[:3].tolist()}; {fix}')
+
+# %% ../../nbs/30a_evaluate.ledger.ipynb #fb02e676
+def results_ledger(
+    res: list,  # COCO results: dicts with `image_id`, `category_id`, `bbox`, `score`
+    samples,  # the detection `Samples` the results are for
+    where: str = 'the results',  # how to name them in messages (a path)
+) -> pd.DataFrame:
+    "The detection ledger of a COCO results list, with the samples' `image_id` and class names."
+    img = np.asarray(_results_column(res, 'image_id', where))
+    cat = np.asarray(_results_column(res, 'category_id', where))
+    ids = samples.coco_ids()
+    _known(img, ids.to_numpy(), 'image id', where,
+           'the results were written for another dataset or split (pycocotools loadRes refuses them too)')
+    _known(cat, samples.category_ids.values(), 'category id', where,
+           f'the dataset has category ids {sorted(samples.category_ids.values())[:10]}')
+    try:
+        boxes = np.asarray(_results_column(res, 'bbox', where), dtype=np.float64).reshape(len(res), 4)
+    except ValueError:
+        raise LedgerError(f'{where}: every "bbox" must be [x, y, w, h]') from None
+    by_coco = pd.Series(ids.index, index=ids.to_numpy())
+    by_cat = {v: k for k, v in samples.category_ids.items()}
+    segm = [json.dumps(r['segmentation']) if 'segmentation' in r else None for r in res]
+    df = detection_ledger_frame(by_coco.reindex(img).to_numpy(), [by_cat[c] for c in cat.tolist()],
+                                _results_column(res, 'score', where), boxes, segm if any(segm) else None)
+    return check_detection_ledger(df, samples.classes, where)
+
+
+def read_coco_results(
+    path: str | Path,  # a COCO results JSON (a list of detections)
+    samples,  # the detection `Samples` the results are for
+) -> pd.DataFrame:
+    "Read a COCO results JSON into a detection ledger."
+    path = Path(path)
+    if not path.is_file():
+        raise LedgerError(f'COCO results file {path} does not exist')
+    try:
+        res = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LedgerError(f'{path} is not valid JSON ({e})') from None
+    if not isinstance(res, list):
+        raise LedgerError(f'{path} holds a {type(res).__name__}, not a list of detections: a COCO results file is '
+                          'a list of {"image_id", "category_id", "bbox", "score"} (is it the dataset file?)')
+    return results_ledger(res, samples, str(path))
+
+# %% ../../nbs/30a_evaluate.ledger.ipynb #54fec0f3
+def coco_results(
+    ledger: pd.DataFrame,  # a detection ledger
+    samples,  # the detection `Samples` it is for
+) -> list[dict]:
+    "The COCO results list of a detection ledger (integer image and category ids of `samples`)."
+    check_detection_ledger(ledger, samples.classes)
+    ids = samples.coco_ids()
+    img = ids.set_axis(ids.index.astype(str)).reindex(ledger['image_id'].astype(str))
+    if img.isna().any():
+        _bad_rows(ledger, img.isna().to_numpy(), 'an image_id not in the samples', 'the detection ledger',
+                  'evaluate it against the samples it was predicted on')
+    cat = ledger['label'].astype(str).map(samples.category_ids).tolist()
+    boxes = ledger[list(BOX_COLUMNS)].to_numpy(dtype=np.float64).tolist()
+    out = [dict(image_id=i, category_id=c, bbox=b, score=s)
+           for i, c, b, s in zip(img.astype('int64').tolist(), cat, boxes, ledger['score'].astype(float).tolist())]
+    if 'segmentation' in ledger:
+        for r, s in zip(out, ledger['segmentation'].tolist()):
+            if isinstance(s, str):
+                r['segmentation'] = json.loads(s)
+    return out
+
+
+def write_coco_results(
+    ledger: pd.DataFrame,  # a detection ledger
+    samples,  # the detection `Samples` it is for
+    path: str | Path,  # the JSON file to write
+) -> Path:
+    "Write a detection ledger as a COCO results JSON, atomically."
+    return write_text(path, json.dumps(coco_results(ledger, samples)))
