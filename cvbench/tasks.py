@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib, functools, importlib.util, re
 from pathlib import Path
 import pandas as pd
-from .core import Config, ConfigError, CvbenchError, EvalConfig, RunDir, read_json, write_json
+from .core import Config, ConfigError, CvbenchError, EvalConfig, RunDir
 from .data.samples import Samples, DataError
 from .evaluate.ledger import (DETECTION_COLUMNS, LEDGER_COLUMNS, LedgerError, check_detection_ledger,
                                      check_ledger, read_coco_results, read_ledger)
@@ -325,10 +325,8 @@ class EvaluationOnlyTask(Task):
     prepare = train = predict = _not_yet
 
     def save_evaluation(self, ev, out_dir, **meta):
-        "The evaluation's own files (`ev.save`), with `meta` (data version, predictions file) added to `metrics.json`."
-        ev.save(out_dir)
-        f = RunDir(out_dir).metrics
-        return write_json(f, {**read_json(f), **meta}) if meta else f
+        "The evaluation's own files (`ev.save`), with `meta` (data version, predictions file) in `metrics.json`."
+        return ev.save(out_dir, **meta)
 
     def headline(self, ev) -> dict:
         return ev.headline()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib, io, json, logging, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
-from ..core import CvbenchError, markdown_table, write_json, write_text
+from ..core import CvbenchError, RunDir, markdown_table, write_json, write_text
 from ..data.samples import Samples
 from .ledger import BOX_COLUMNS, check_detection_ledger, coco_results
 from .slices import slice_columns as _metadata_columns
@@ -862,14 +862,15 @@ def _to_dict(self: DetectionEvaluation) -> dict:
 def _save(
     self: DetectionEvaluation,
     out_dir: str | Path,  # folder to write into
+    **meta,  # provenance added to `metrics.json` (data version, model, ...)
 ) -> Path:
-    "Write `metrics.json` and the tables as CSV (per class, intervals, slices, thresholds, curves); return its path."
+    "Write `metrics.json` (with `meta`) and the tables as CSV (per class, intervals, slices, thresholds, curves)."
     out = Path(out_dir)
     tables = dict(per_class=self.per_class, intervals=self.intervals, slices=self.slices, thresholds=self.thresholds,
                   pr_curves=self.pr_curves, f1_curves=self.f1_curves)
     for name, df in tables.items():
         write_text(out / f'{name}.csv', df.to_csv(index=False))
-    return write_json(out / 'metrics.json', self.to_dict())
+    return write_json(RunDir(out).metrics, dict(self.to_dict(), **json.loads(json.dumps(meta, default=str))))
 
 
 def _repr_md(self: DetectionEvaluation) -> str:

@@ -93,7 +93,7 @@ def check_ledger(
 
 
 def read_ledger(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    "Read a ledger and its metadata, checking its schema version and columns (detection: `check_detection_ledger`)."
+    "Read a ledger and its metadata, checking its schema version and, for classification and detection, its columns."
     path = Path(path)
     if not path.is_file():
         raise LedgerError(f'ledger {path} does not exist')
@@ -110,6 +110,8 @@ def read_ledger(path: str | Path) -> tuple[pd.DataFrame, dict]:
     if meta['task'] == 'detection':
         classes = meta.get('classes') or sorted(df['label'].astype(str).unique())
         return check_detection_ledger(df, classes, str(path)), dict(meta, classes=classes)
+    if meta['task'] != 'classification':  # another task's ledger: its `Task.check_ledger` checks the schema
+        return df, dict(meta, classes=meta.get('classes') or [])
     classes = meta.get('classes') or [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
     check_ledger(df, classes, str(path))
     return df, dict(meta, classes=classes)
