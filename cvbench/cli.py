@@ -158,8 +158,9 @@ def _arg(*names, **kw) -> tuple:
 
 CFG_HELP = ('a YAML config (default: the bundled quickstart) and/or key=value overrides, '
             'e.g. train.epochs=3 model.name=resnet10t')
-SOURCE_HELP = 'bundled name (digits, mnist), ImageFolder folder, CSV manifest or samples parquet'
-ROOT = _arg('--root', help='image root for a CSV manifest')
+SOURCE_HELP = ('bundled name (digits, mnist, scenes), ImageFolder folder, CSV manifest, COCO JSON, VOC folder, '
+               'YOLO YAML or samples parquet')
+ROOT = _arg('--root', help='the folder image paths are relative to (default: beside the manifest or annotations)')
 PACKAGE = _arg('package', help='a package folder from `cvbench export`')
 BACKEND = _arg('--backend', default='onnx', choices=['onnx', 'int8', 'torch'],
                help='onnx: ONNX Runtime fp32; int8: the model `cvbench quantize` added; torch: safetensors '

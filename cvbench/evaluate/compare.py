@@ -12,17 +12,23 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from ..core import CvbenchError, ConfigError, markdown_table, read_yaml
 from .ledger import LedgerError
-from .stats import paired_bootstrap, mcnemar, align_ledgers
+from .stats import paired_bootstrap, mcnemar, align_ledgers, bootstrap_indices
 from .slices import slice_frame
 from .classification import operating_point
 from .errors import regression_set_results
+from .detection import weighted_ap, recall_thresholds
+
 
 # %% auto #0
-__all__ = ['GATE_METRICS', 'load_gate', 'Comparison', 'compare']
+__all__ = ['GATE_METRICS', 'DETECTION_GATE_METRICS', 'TASK_GATE_METRICS', 'load_gate', 'Comparison', 'compare',
+           'compare_detection', 'keep_matches', 'detection_slice_intervals']
 
 # %% ../../nbs/38_evaluate.compare.ipynb #ddd70909
 GATE_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1', 'kappa', 'log_loss', 'top5_accuracy')
+DETECTION_GATE_METRICS = ('ap', 'ap50', 'ap75')  # what the cached matches re-accumulate per resample
+TASK_GATE_METRICS = {'classification': GATE_METRICS, 'detection': DETECTION_GATE_METRICS}
 _SECTIONS = {'metrics', 'slices', 'operating_points', 'regression_sets'}
+_OPERATING_LIMIT = {'classification': 'max_fpr', 'detection': 'max_fp_per_image'}
 
 
 def _keys(d, allowed: set, where: str):
@@ -42,8 +48,37 @@ def _number(d: dict, key: str, where: str, lo: float, hi: float):
         raise ConfigError(f'gate: `{where}.{key}` must be a number between {lo} and {hi}; got {v!r}')
 
 
-def load_gate(src: str | Path | dict) -> dict:
-    "Read and check a gate (YAML file or dict)."
+def _metric_name(m, task: str, where: str):
+    "Raise `ConfigError` unless `m` is a gate metric of `task`, naming the task the metric belongs to if another."
+    known = TASK_GATE_METRICS[task]
+    if m in known:
+        return
+    other = [t for t, ms in TASK_GATE_METRICS.items() if m in ms]
+    why = f'`{m}` is a {other[0]} metric, and this is a {task} comparison' if other else f'unknown metric `{m}`'
+    raise ConfigError(f'gate: {why} (in `{where}`); known {task} metrics: {", ".join(known)}')
+
+
+def _check_operating_point(op, i: int, task: str):
+    "One `operating_points` entry: `class`, `recall` and the task's limit (`max_fpr`; detection `max_fp_per_image`)."
+    where, limit = f'operating_points[{i}]', _OPERATING_LIMIT[task]
+    wrong = set(_OPERATING_LIMIT.values()) - {limit}
+    if isinstance(op, dict) and wrong & set(op):
+        raise ConfigError(f'gate: `{where}` has {sorted(wrong & set(op))[0]}, but a {task} operating point is '
+                          f'limited by `{limit}`')
+    _keys(op, {'class', 'recall', limit}, where)
+    if not {'class', 'recall', limit} <= set(op):
+        raise ConfigError(f'gate: {where} needs class, recall and {limit}')
+    _number(op, 'recall', where, 0, 1)
+    _number(op, limit, where, 0, 1 if task == 'classification' else float('inf'))
+
+
+def load_gate(
+    src: str | Path | dict,  # a gate YAML file, or its content as a dict
+    task: str = 'classification',  # the comparison's task: metric names and operating-point limits depend on it
+) -> dict:
+    "Read and check a gate (YAML file or dict) for a `task` comparison."
+    if task not in TASK_GATE_METRICS:
+        raise ConfigError(f'gate: no gate rules for task `{task}`; known: {", ".join(TASK_GATE_METRICS)}')
     if isinstance(src, dict):
         g = src
     else:
@@ -52,27 +87,24 @@ def load_gate(src: str | Path | dict) -> dict:
             raise ConfigError(f'gate file {p} does not exist')
         g = read_yaml(p)
     _keys(g, _SECTIONS, 'gate')
-    for m, rule in _keys(g.get('metrics') or {}, set(GATE_METRICS) | set(g.get('metrics') or {}), 'metrics').items():
-        if m not in GATE_METRICS:
-            raise ConfigError(f'gate: unknown metric `{m}`; known: {", ".join(GATE_METRICS)}')
+    for m, rule in _keys(g.get('metrics') or {}, set(g.get('metrics') or {}), 'metrics').items():
+        _metric_name(m, task, f'metrics.{m}')
         _keys(rule, {'max_drop'}, f'metrics.{m}')
         _number(rule, 'max_drop', f'metrics.{m}', 0, 1)
     if 'slices' in g:
         s = _keys(g['slices'], {'metric', 'max_drop', 'min_count', 'columns'}, 'slices')
         _number(s, 'max_drop', 'slices', 0, 1)
         _number(s, 'min_count', 'slices', 1, float('inf'))
-        if s.get('metric', 'accuracy') not in GATE_METRICS:
-            raise ConfigError(f'gate: unknown slice metric `{s["metric"]}`; known: {", ".join(GATE_METRICS)}')
+        _metric_name(s.get('metric', TASK_GATE_METRICS[task][0]), task, 'slices.metric')
     for i, op in enumerate(g.get('operating_points') or []):
-        _keys(op, {'class', 'recall', 'max_fpr'}, f'operating_points[{i}]')
-        if not {'class', 'recall', 'max_fpr'} <= set(op):
-            raise ConfigError(f'gate: operating_points[{i}] needs class, recall and max_fpr')
-        _number(op, 'recall', f'operating_points[{i}]', 0, 1)
-        _number(op, 'max_fpr', f'operating_points[{i}]', 0, 1)
+        _check_operating_point(op, i, task)
     if 'regression_sets' in g:
+        if task != 'classification':
+            raise ConfigError(f'gate: `regression_sets` rules apply to classification runs, not to {task}; remove them')
         _keys(g['regression_sets'], {'min_accuracy'}, 'regression_sets')
         _number(g['regression_sets'], 'min_accuracy', 'regression_sets', 0, 1)
     return g
+
 
 # %% ../../nbs/38_evaluate.compare.ipynb #e21580d8
 def _num(v) -> str:
@@ -92,9 +124,18 @@ def _shown_checks(ch: pd.DataFrame) -> pd.DataFrame:
                      limit=ch.limit.map(_num)).drop(columns='passed')[['rule', 'result', 'value', 'limit', 'detail']]
 
 
+def _mcnemar_line(m: dict) -> list[str]:
+    "The McNemar sentence of a classification comparison (detection has none)."
+    if not m:
+        return []
+    return ['McNemar exact test (two-sided binomial on the discordant pairs, accuracy): '
+            f'baseline-only right {m["only_baseline_right"]}, candidate-only right {m["only_candidate_right"]}, '
+            f'p = {m["p_value"]:.4g}', '']
+
+
 @dataclass
 class Comparison:
-    "The result of `compare`: tables, gate checks and the decision."
+    "The result of `compare` or `compare_detection`: tables, gate checks and the decision."
 
     metrics: pd.DataFrame
     mcnemar: dict
@@ -103,13 +144,17 @@ class Comparison:
     checks: pd.DataFrame
     passed: bool
     notes: list = field(default_factory=list)
+    per_class: pd.DataFrame = field(default_factory=pd.DataFrame)  # detection: AP per class, paired
+    task: str = 'classification'
 
     def to_dict(self) -> dict:
         clean = lambda df: json.loads(df.to_json(orient='records'))
         return dict(
+            task=self.task,
             passed=self.passed,
             metrics=clean(self.metrics),
             mcnemar=self.mcnemar,
+            per_class=clean(self.per_class),
             slices=clean(self.slices),
             regression_sets=clean(self.regression_sets),
             checks=clean(self.checks),
@@ -134,13 +179,13 @@ class Comparison:
             '',
             markdown_table(_yes_no(self.metrics.drop(columns='higher_is_better'))),
             '',
-            'McNemar exact test (two-sided binomial on the discordant pairs, accuracy): '
-            f'baseline-only right {self.mcnemar["only_baseline_right"]}, '
-            f'candidate-only right {self.mcnemar["only_candidate_right"]}, p = {self.mcnemar["p_value"]:.4g}',
-            '',
         ]
+        out += _mcnemar_line(self.mcnemar)
         if len(self.checks):
             out += ['### Gate checks', '', markdown_table(_shown_checks(self.checks)), '']
+        if len(self.per_class):
+            pc = self.per_class.drop(columns='higher_is_better')
+            out += ['### AP per class', '', markdown_table(_yes_no(pc)), '']
         if len(self.regression_sets):
             out += ['### Regression sets', '', markdown_table(self.regression_sets), '']
         if len(self.slices):
@@ -149,6 +194,7 @@ class Comparison:
 
     def _repr_markdown_(self):
         return self.to_markdown()
+
 
 # %% ../../nbs/38_evaluate.compare.ipynb #c12e2d31
 def _slice_deltas(a, b, classes, samples_df, metric, min_count, columns, n_resamples, seed) -> pd.DataFrame:
@@ -183,6 +229,31 @@ def _slice_deltas(a, b, classes, samples_df, metric, min_count, columns, n_resam
 def _worse(row, max_drop: float) -> bool:
     "The whole interval of the difference is on the bad side of `max_drop`."
     return bool(row.high < -max_drop) if row.metric != 'log_loss' else bool(row.low > max_drop)
+
+
+def _metric_check(row: pd.Series, max_drop: float) -> dict:
+    "The gate check of one metric row of a comparison (`row.metric`, `delta`, `low`, `high`)."
+    return dict(rule=f'metric {row.metric}', value=row.delta, limit=-max_drop, passed=not _worse(row, max_drop),
+                detail=f'Δ {row.delta:+.4f} [{row.low:+.4f}, {row.high:+.4f}]')
+
+
+def _slice_check(slices: pd.DataFrame, metric: str, max_drop: float) -> dict:
+    "The gate check of the slices: fails if any slice large enough is significantly worse by more than `max_drop`."
+    cand = slices[~slices.too_small]
+    bad = cand[cand.high < -max_drop] if metric != 'log_loss' else cand[cand.low > max_drop]
+    detail = '; '.join(f'{r.column}={r.value}: Δ {r.delta:+.4f} [{r.low:+.4f}, {r.high:+.4f}]'
+                       for r in bad.itertuples())
+    return dict(rule=f'slices {metric}', value=float(cand.delta.min()) if len(cand) else float('nan'),
+                limit=-max_drop, passed=len(bad) == 0, detail=detail or f'{len(cand)} slices checked')
+
+
+def _metric_row(mets: pd.DataFrame, m: str) -> pd.Series:
+    "The row of metric `m` in a comparison's metrics table; a gate metric the comparison lacks is an error."
+    rows = mets[mets.metric == m]
+    if not len(rows):
+        raise CvbenchError(f'gate: metric `{m}` is not in this comparison (it has {", ".join(mets.metric)})')
+    return rows.iloc[0]
+
 
 # %% ../../nbs/38_evaluate.compare.ipynb #b3915cae
 def compare(
@@ -236,38 +307,10 @@ def compare(
     if regression_sets:
         ra, rb = regression_set_results(a, regression_sets), regression_set_results(b, regression_sets)
         rs = ra[['set', 'size', 'found']].assign(baseline=ra.accuracy, candidate=rb.accuracy)
-    checks = []
-    for m, rule in (g.get('metrics') or {}).items():
-        row = mets.set_index('metric').loc[m].rename(m)
-        row['metric'] = m
-        checks.append(
-            dict(
-                rule=f'metric {m}',
-                value=row.delta,
-                limit=-rule.get('max_drop', 0.0),
-                passed=not _worse(row, rule.get('max_drop', 0.0)),
-                detail=f'Δ {row.delta:+.4f} [{row.low:+.4f}, {row.high:+.4f}]',
-            )
-        )
+    rules = (g.get('metrics') or {}).items()
+    checks = [_metric_check(_metric_row(mets, m), rule.get('max_drop', 0.0)) for m, rule in rules]
     if sl:
-        cand = slices[~slices.too_small]
-        bad = (
-            cand[cand.high < -sl.get('max_drop', 0.01)]
-            if sl.get('metric', 'accuracy') != 'log_loss'
-            else cand[cand.low > sl.get('max_drop', 0.01)]
-        )
-        checks.append(
-            dict(
-                rule=f'slices {sl.get("metric", "accuracy")}',
-                value=float(cand.delta.min()) if len(cand) else float('nan'),
-                limit=-sl.get('max_drop', 0.01),
-                passed=len(bad) == 0,
-                detail='; '.join(
-                    f'{r.column}={r.value}: Δ {r.delta:+.4f} [{r.low:+.4f}, {r.high:+.4f}]' for r in bad.itertuples()
-                )
-                or f'{len(cand)} slices checked',
-            )
-        )
+        checks.append(_slice_check(slices, sl.get('metric', 'accuracy'), sl.get('max_drop', 0.01)))
     for op in g.get('operating_points') or []:
         o = operating_point(b, classes, str(op['class']), float(op['recall']))
         checks.append(
@@ -305,3 +348,242 @@ def compare(
             )
     ch = pd.DataFrame(checks, columns=['rule', 'value', 'limit', 'passed', 'detail'])
     return Comparison(mets, mcnemar(a, b), slices, rs, ch, bool(ch.passed.all()) if len(ch) else True, notes)
+
+# %% ../../nbs/38_evaluate.compare.ipynb #c39c9e53
+def _match_state(ev) -> tuple[dict, list]:
+    "The cached per-image matches of a `DetectionEvaluation` and the samples' image ids in the cache's image order."
+    cache, ids = getattr(ev, 'cache', None), getattr(ev, 'image_ids', None)
+    if cache is None or ids is None:
+        raise CvbenchError('this detection evaluation keeps no per-image matches (`cache`, `image_ids`); '
+                           'attach them with `keep_matches(ev, samples, ledger)`')
+    return cache, [str(i) for i in ids]
+
+
+def _image_ids(ev) -> list:
+    "The image ids of a detection evaluation, in the order of its cached matches."
+    return _match_state(ev)[1]
+
+
+def _samples_df(ev) -> pd.DataFrame | None:
+    "The samples table a detection evaluation kept (to slice a comparison by), if any."
+    return getattr(ev, 'samples_df', None)
+
+
+def _resampled(ev, W: np.ndarray) -> dict:
+    "`ap`, `ap50`, `ap75` `(B,)` and `per_class` `(B, K)` of `ev` under each row of image weights `W`."
+    r = weighted_ap(_match_state(ev)[0], W, ev.params['rec_thrs'], ev.params['iou_thrs'])
+    return dict(ap=r['AP'], ap50=r['AP50'], ap75=r['AP75'], per_class=r['per_class'])
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #ed293aec
+def _common_images(ids_a, ids_b, allow_missing: bool) -> pd.Index:
+    "Image ids evaluated in both detection evaluations (baseline order); different sets are an error unless allowed."
+    ia, ib = pd.Index(pd.Series(ids_a, dtype=str)), pd.Index(pd.Series(ids_b, dtype=str))
+    only_a, only_b = ia.difference(ib), ib.difference(ia)
+    if (len(only_a) or len(only_b)) and not allow_missing:
+        raise LedgerError(
+            f'the evaluations cover different images: {len(only_a)} only in the baseline (e.g. {list(only_a[:3])}), '
+            f'{len(only_b)} only in the candidate (e.g. {list(only_b[:3])}); '
+            'evaluate both on the same data, or allow comparing the common images'
+        )
+    common = ia.intersection(ib, sort=False)
+    if len(common) == 0:
+        raise LedgerError('the two evaluations have no image in common')
+    return common
+
+
+def _weights(ids, common: pd.Index, counts: np.ndarray) -> np.ndarray:
+    "`(B, len(ids))` image weights of one evaluation: `counts` (B, len(common)) placed at the common images' rows."
+    pos = pd.Index(pd.Series(ids, dtype=str)).get_indexer(common)
+    w = np.zeros((counts.shape[0], len(ids)))
+    w[:, pos] = counts
+    return w
+
+
+def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    "How many times each of `n` images is drawn in each resample: `(n_resamples, n)`, one row per resample."
+    idx = bootstrap_indices(n, n_resamples, seed)
+    rows = np.repeat(np.arange(n_resamples), n)
+    return np.bincount(rows * n + idx.ravel(), minlength=n_resamples * n).reshape(n_resamples, n).astype(float)
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #11fae5a2
+def _paired_table(
+    a: dict,  # baseline: name -> `(B,)` resampled values
+    b: dict,  # candidate: the same names, from the same resampled images
+    pa: dict,  # baseline: name -> value on the images themselves
+    pb: dict,  # candidate: the same
+    alpha: float = 0.05,  # 1 - the interval's level
+    name: str = 'metric',  # the first column's name
+) -> pd.DataFrame:
+    "Baseline, candidate, `candidate - baseline` with its paired-bootstrap interval, as `paired_bootstrap` gives them."
+    rows = []
+    for m in a:
+        d = np.asarray(b[m], float) - np.asarray(a[m], float)
+        ok = d[np.isfinite(d)]
+        lo, hi = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(ok) else (np.nan, np.nan)
+        p = min(1.0, 2 * min((ok <= 0).mean(), (ok >= 0).mean())) if len(ok) else np.nan
+        rows.append({name: m, 'baseline': pa[m], 'candidate': pb[m], 'delta': pb[m] - pa[m], 'low': lo, 'high': hi,
+                     'p_value': p})
+    df = pd.DataFrame(rows, columns=[name, 'baseline', 'candidate', 'delta', 'low', 'high', 'p_value'])
+    df['significant'] = (df.low > 0) | (df.high < 0)
+    df['higher_is_better'] = True
+    return df
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #a6bb8e4b
+def _per_class_table(classes: list, a: dict, b: dict, pa: dict, pb: dict) -> pd.DataFrame:
+    "Each class's AP, paired: baseline, candidate, delta and its interval (NaN for a class without objects)."
+    col = lambda s, k: s['per_class'][:, k]  # noqa: E731
+    return _paired_table({c: col(a, k) for k, c in enumerate(classes)}, {c: col(b, k) for k, c in enumerate(classes)},
+                         {c: float(col(pa, k)[0]) for k, c in enumerate(classes)},
+                         {c: float(col(pb, k)[0]) for k, c in enumerate(classes)}, name='class')
+
+
+def _fp_check(ev, op: dict) -> dict:
+    "The gate check of one detection operating point: the candidate's false positives per image at a recall (IoU 0.5)."
+    classes = list(ev.info['classes'])
+    c = str(op['class'])
+    if c not in classes:
+        raise CvbenchError(f'gate: operating point class `{c}` is not a class of this evaluation; '
+                           f'classes: {", ".join(classes[:20])}')
+    t50 = int(np.flatnonzero(np.isclose(ev.params['iou_thrs'], 0.5))[0])
+    r = recall_thresholds(_match_state(ev)[0], classes, float(op['recall']), t50).set_index('class').loc[c]
+    limit = float(op['max_fp_per_image'])
+    reached = bool(np.isfinite(r.fp_per_image))
+    detail = (f'threshold {r.score_threshold:.4f}, precision {r.precision:.4f}' if reached
+              else f'never reaches recall {op["recall"]} (at most {r.max_recall:.4f})')
+    return dict(rule=f'FP per image of {c} at recall {op["recall"]}', value=float(r.fp_per_image), limit=limit,
+                passed=reached and r.fp_per_image <= limit, detail=detail)
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #4e5e09b5
+def _slice_labels(
+    common: pd.Index,  # the image ids compared
+    samples_df: pd.DataFrame,  # their samples table
+    columns: list | None,  # metadata columns to slice by; default: those with 2 to `max_values` values
+    max_values: int = 20,  # default columns: skip columns with more values (ids, frames, timestamps)
+) -> pd.DataFrame:
+    "Slice labels of the common images: one column per metadata column (and image-property tercile)."
+    labels = slice_frame(pd.DataFrame({'image_id': common}), samples_df, columns)
+    return labels if columns is not None else labels[[c for c in labels if labels[c].nunique() <= max_values]]
+
+
+def _detection_slice_deltas(base_ev, cand_ev, common, labels, metric, min_count, n_resamples, seed) -> pd.DataFrame:
+    "The paired delta of `metric` on every slice: the images of the slice resampled, the same draw for both."
+    ida, idb = _image_ids(base_ev), _image_ids(cand_ev)
+    rows = []
+    for col in labels.columns:
+        if labels[col].nunique() < 2:
+            continue
+        for v in sorted(labels[col].unique()):
+            sub = common[(labels[col] == v).to_numpy()]
+            counts = _resample_counts(len(sub), n_resamples, seed)
+            one = np.ones((1, len(sub)))
+            a, b = _resampled(base_ev, _weights(ida, sub, counts)), _resampled(cand_ev, _weights(idb, sub, counts))
+            pa, pb = _resampled(base_ev, _weights(ida, sub, one)), _resampled(cand_ev, _weights(idb, sub, one))
+            d = _paired_table({metric: a[metric]}, {metric: b[metric]}, {metric: pa[metric][0]},
+                              {metric: pb[metric][0]}).iloc[0]
+            rows.append(dict(column=col, value=v, n=len(sub), too_small=bool(len(sub) < min_count),
+                             baseline=d.baseline, candidate=d.candidate, delta=d.delta, low=d.low, high=d.high,
+                             significant=bool(d.significant)))
+    return pd.DataFrame(rows, columns=['column', 'value', 'n', 'too_small', 'baseline', 'candidate', 'delta', 'low',
+                                       'high', 'significant'])
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #f8843523
+def compare_detection(
+    base_ev,  # the baseline's `DetectionEvaluation`
+    cand_ev,  # the candidate's, on the same images
+    gate: dict | str | Path | None = None,  # a detection gate (see `load_gate`)
+    n_resamples: int = 1000,  # bootstrap resamples of the common images
+    seed: int = 0,  # bootstrap seed
+    samples_df: pd.DataFrame | None = None,  # metadata to slice by (default: the evaluation's samples table)
+    allow_data_mismatch: bool = False,  # compare on the common images when the image sets differ
+) -> Comparison:
+    "Paired comparison of two detection evaluations (AP, AP50, AP75, per class, per slice); apply `gate` if given."
+    g = load_gate(gate, task='detection') if gate is not None else {}
+    classes = list(base_ev.info['classes'])
+    if classes != list(cand_ev.info['classes']):
+        raise LedgerError(f'the two evaluations have different classes ({classes[:5]} vs '
+                          f'{list(cand_ev.info["classes"])[:5]}); they cannot be compared')
+    ida, idb = _image_ids(base_ev), _image_ids(cand_ev)
+    common = _common_images(ida, idb, allow_data_mismatch)
+    notes = ([f'Compared on the {len(common)} images common to both evaluations.']
+             if len(common) < max(len(ida), len(idb)) else [])
+    counts, one = _resample_counts(len(common), n_resamples, seed), np.ones((1, len(common)))
+    a, b = _resampled(base_ev, _weights(ida, common, counts)), _resampled(cand_ev, _weights(idb, common, counts))
+    pa, pb = _resampled(base_ev, _weights(ida, common, one)), _resampled(cand_ev, _weights(idb, common, one))
+    point = lambda s, k: {m: float(s[m][0]) for m in k}
+    names = [m for m in DETECTION_GATE_METRICS if m in a]
+    mets = _paired_table({m: a[m] for m in names}, {m: b[m] for m in names}, point(pa, names), point(pb, names))
+    per_class = _per_class_table(classes, a, b, pa, pb)
+    sl = g.get('slices') or {}
+    metric = sl.get('metric', 'ap50')
+    smp = samples_df if samples_df is not None else _samples_df(base_ev)
+    if smp is None and sl:
+        raise CvbenchError('the gate has a `slices` rule but no samples table was given to slice by')
+    slices = pd.DataFrame()
+    if smp is not None:
+        labels = _slice_labels(common, smp, sl.get('columns'))
+        slices = _detection_slice_deltas(base_ev, cand_ev, common, labels, metric, sl.get('min_count', 30),
+                                         n_resamples, seed)
+    rules = (g.get('metrics') or {}).items()
+    checks = [_metric_check(_metric_row(mets, m), rule.get('max_drop', 0.0)) for m, rule in rules]
+    if sl:
+        checks.append(_slice_check(slices, metric, sl.get('max_drop', 0.01)))
+    checks += [_fp_check(cand_ev, op) for op in g.get('operating_points') or []]
+    ch = pd.DataFrame(checks, columns=['rule', 'value', 'limit', 'passed', 'detail'])
+    passed = bool(ch.passed.all()) if len(ch) else True
+    return Comparison(mets, {}, slices, pd.DataFrame(), ch, passed, notes, per_class, 'detection')
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #195864fa
+def keep_matches(
+    ev,  # a `DetectionEvaluation`
+    samples,  # the detection `Samples` it was computed on
+    ledger: pd.DataFrame,  # the detection ledger it was computed from
+):
+    "`ev` with its per-image matches (`cache`, `image_ids`) and `samples_df`, recomputed if it did not keep them."
+    if getattr(ev, 'cache', None) is not None and getattr(ev, 'image_ids', None) is not None:
+        return ev
+    from cvbench.evaluate import detection as det
+    from cvbench.evaluate.ledger import coco_results
+
+    segm = ev.info.get('iou_type') == 'segm'
+    gt, res = det.coco_ground_truth(samples, segmentation=segm), coco_results(ledger, samples)
+    if segm:
+        entries, img_ids = det._segm_entries(gt, res)
+    else:
+        entries, img_ids = det._area_all_entries(gt, res, det.run_backend(gt, res, ev.info.get('backend', 'hotcoco')))
+    ev.cache = det.match_cache(entries, img_ids, ev.params['cat_ids'], len(ev.params['iou_thrs']))
+    by_coco = pd.Series(samples.coco_ids().index, index=samples.coco_ids().to_numpy())
+    ev.image_ids, ev.samples_df = [str(i) for i in by_coco.loc[img_ids]], samples.df
+    return ev
+
+
+# %% ../../nbs/38_evaluate.compare.ipynb #c0bdcda2
+def detection_slice_intervals(
+    ev,  # a `DetectionEvaluation` with its matches (see `keep_matches`)
+    metric: str = 'ap50',  # `ap`, `ap50` or `ap75`
+    n_resamples: int = 1000,  # bootstrap resamples of each slice's images
+    seed: int = 0,  # bootstrap seed
+    columns: list | None = None,  # metadata columns; default: those with 2 to 20 values
+    min_count: int = 30,  # slices with fewer images are flagged `too_small`
+    alpha: float = 0.05,  # 1 - the interval's level
+) -> pd.DataFrame:
+    "`metric` on each metadata slice with its percentile-bootstrap interval, each slice's images resampled."
+    ids = pd.Index(_image_ids(ev))
+    labels, name = _slice_labels(ids, _samples_df(ev), columns), metric.upper()
+    rows = []
+    for col in [c for c in labels if labels[c].nunique() > 1]:
+        for v in sorted(labels[col].unique()):
+            sub = ids[(labels[col] == v).to_numpy()]
+            bs = _resampled(ev, _weights(ids, sub, _resample_counts(len(sub), n_resamples, seed)))[metric]
+            point = _resampled(ev, _weights(ids, sub, np.ones((1, len(sub)))))[metric][0]
+            lo, hi = np.nanpercentile(bs, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if np.isfinite(bs).any() else (
+                np.nan, np.nan)
+            rows.append({'column': col, 'value': v, 'n': len(sub), 'too_small': len(sub) < min_count, name: point,
+                         f'{name}_low': lo, f'{name}_high': hi})
+    return pd.DataFrame(rows, columns=['column', 'value', 'n', 'too_small', name, f'{name}_low', f'{name}_high'])
+

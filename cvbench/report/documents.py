@@ -26,8 +26,9 @@ from cvbench.report.plots import (
 
 
 # %% auto #0
-__all__ = ['SECTIONS', 'format_value', 'table_markdown', 'Section', 'render_markdown', 'render_html', 'evaluation_sections',
-           'issue_counts', 'quality_sections', 'datasheet', 'write_report']
+__all__ = ['SECTIONS', 'DETECTION_SECTIONS', 'TEXT_SECTIONS', 'format_value', 'table_markdown', 'Section', 'render_markdown',
+           'render_html', 'evaluation_sections', 'issue_counts', 'quality_sections', 'datasheet', 'write_report',
+           'detection_sections', 'text_sections']
 
 # %% ../../nbs/51_report.documents.ipynb #d1272324
 def _format_float(v: float) -> str:
@@ -329,12 +330,14 @@ def _sec_comparison(ev, ctx):
     if c is None:
         return None
     dec = ('**PASS**' if c.passed else '**FAIL**') if len(c.checks) else 'no gate given'
-    tabs = [c.metrics.drop(columns='higher_is_better')] + [t for t in (c.regression_sets, c.slices) if len(t)]
+    per_class = getattr(c, 'per_class', pd.DataFrame())
+    tabs = [t.drop(columns='higher_is_better', errors='ignore') for t in (c.metrics, per_class) if len(t)]
+    tabs += [t for t in (c.regression_sets, c.slices) if len(t)]
     where = ' (the rules are in *Release decision* at the top)' if len(c.checks) else ''
-    text = (
-        f'Release decision: {dec}{where}. Deltas are candidate − baseline with paired-bootstrap 95 % intervals; '
-        f'McNemar exact test (two-sided binomial on the discordant images) p = {c.mcnemar["p_value"]:.4g}.'
-    )
+    test = (f'; McNemar exact test (two-sided binomial on the discordant images) p = {c.mcnemar["p_value"]:.4g}'
+            if c.mcnemar else ', the same resampled images for both models')
+    text = (f'Release decision: {dec}{where}. Deltas are candidate − baseline with paired-bootstrap 95 % '
+            f'intervals{test}.')
     notes = ''.join(f'\n\n{n}' for n in c.notes)
     return Section(f'Comparison with {ctx.get("baseline_name") or "the baseline"}', text + notes, tabs)
 
@@ -350,7 +353,8 @@ def _sec_skipped(ev, ctx):
 
 
 def _sec_notes(ev, ctx):
-    return Section('Notes', '\n\n'.join(ev.notes)) if ev.notes else None
+    notes = getattr(ev, 'notes', None)
+    return Section('Notes', '\n\n'.join(notes)) if notes else None
 
 
 def _sec_env(ev, ctx):
@@ -506,3 +510,238 @@ def write_report(sections: list[Section], out_dir: str|Path, title: str) -> dict
     out = Path(out_dir)
     return dict(markdown=write_text(out/'report.md', render_markdown(title, sections, out)),
                 html=write_text(out/'report.html', render_html(title, sections)))
+
+# %% ../../nbs/51_report.documents.ipynb #ed407c78
+def _with_interval(table: pd.DataFrame, intervals: pd.DataFrame, key: str, on: str, after: str) -> pd.DataFrame:
+    "`table` with `low` and `high` columns after column `after`, from bootstrap `intervals` matched on `key`."
+    if not len(intervals):
+        return table
+    iv = intervals.drop_duplicates(key).set_index(key)
+    t = table.copy()
+    at = list(t.columns).index(after) + 1
+    t.insert(at, 'high', t[on].map(iv['high']).astype(float))
+    t.insert(at, 'low', t[on].map(iv['low']).astype(float))
+    return t
+
+
+def _sec_coco_stats(ev, ctx):
+    "The 12 COCO numbers, with bootstrap intervals for AP, AP50 and AP75."
+    i = ev.info
+    t = pd.DataFrame(dict(stat=list(ev.coco_stats), value=list(ev.coco_stats.values())))
+    iv = ev.intervals[ev.intervals['class'].isna()] if len(ev.intervals) else ev.intervals
+    t = _with_interval(t, iv, 'metric', 'stat', 'value')
+    text = (f'{i["n_images"]} images, {i["n_objects"]} objects, {i["n_detections"]} detections. The 12 numbers of '
+            f"pycocotools' `stats`, in its order (backend `{i['backend']}`, equal to pycocotools'); -1 where no object "
+            'falls in a size range.')
+    if len(iv):
+        text += (f' 95 % percentile-bootstrap intervals over {i["n_resamples"]} resamples of the images, '
+                 're-accumulated from the cached matches.')
+    return Section('COCO metrics', text, [t])
+
+
+def _sec_det_per_class(ev, ctx):
+    "AP with its interval, AP50, AP75, AR100, AP per object size, VOC AP and counts per class."
+    iv = ev.intervals[ev.intervals['class'].notna()] if len(ev.intervals) else ev.intervals
+    t = _with_interval(ev.per_class, iv, 'class', 'class', 'AP').rename(columns={'low': 'AP_low', 'high': 'AP_high'})
+    text = ('AP (IoU 0.50:0.95) with its interval, AP50, AP75, AR100, AP per object size, VOC AP (11-point and '
+            'all-point, IoU 0.5), objects (`n_gt`) and detections (`n_det`) per class.')
+    return Section('Per-class AP', text, [t])
+
+
+# %% ../../nbs/51_report.documents.ipynb #53386c29
+def _sec_det_curves(ev, ctx):
+    "Precision-recall curves per class and F1 against the confidence threshold."
+    if not len(ev.pr_curves):
+        return None
+    from cvbench.report.plots import plot_pr_curves, plot_f1_confidence
+
+    out = ctx['out']
+    figs = [save_figure(plot_pr_curves(ev.pr_curves), out / 'pr_curves.png'),
+            save_figure(plot_f1_confidence(ev.f1_curves), out / 'f1_confidence.png')]
+    return Section('Precision-recall and F1 curves', 'Interpolated precision at COCO\'s 101 recall points per class '
+                   '(IoU 0.5 and the mean over 0.50:0.95); precision, recall and F1 against the score threshold at '
+                   'IoU 0.5.', figures=figs)
+
+
+def _sec_det_thresholds(ev, ctx):
+    "Per class: the score threshold that reaches the target recall and the false positives per image there."
+    t = ev.thresholds
+    if not len(t):
+        return None
+    r = ev.info.get('target_recall', t['target_recall'].iloc[0])
+    text = (f'For each class, the highest score threshold whose detections reach recall ≥ {r} at IoU 0.5, with the '
+            'precision and the false positives per image it costs; empty where the class never reaches that '
+            'recall (`max_recall` says how far it gets).')
+    return Section('Thresholds at the target recall', text, [t.drop(columns='target_recall', errors='ignore')])
+
+
+def _sec_det_confusion(ev, ctx):
+    "The detection confusion matrix at IoU 0.5 with a background row (false positives) and column (misses)."
+    from cvbench.evaluate.detection_errors import detection_confusion
+    from cvbench.report.plots import plot_detection_confusion
+
+    thr = ctx.get('score_threshold', 0.5)
+    cm = detection_confusion(ctx['samples'], ctx['ledger'], iou=0.5, score_threshold=thr)
+    fig = save_figure(plot_detection_confusion(cm), ctx['out'] / 'detection_confusion.png')
+    text = (f'Detections scored ≥ {thr} matched to objects at IoU ≥ 0.5, greedily by score. Rows: true class, and '
+            '`background` for detections that match no object; columns: predicted class, and `background` for '
+            'objects no detection found.')
+    return Section('Detection confusion matrix', text, [cm.reset_index()], [fig])
+
+
+# %% ../../nbs/51_report.documents.ipynb #e71d293a
+def _sec_det_errors(ev, ctx):
+    "The TIDE error breakdown: how much AP each error type costs."
+    from cvbench.evaluate.detection_errors import error_breakdown
+
+    eb = error_breakdown(ctx['samples'], ctx['ledger'])
+    text = (f'Errors in the manner of TIDE (Bolya et al., 2020) at IoU {eb.pos_iou} (background below {eb.bg_iou}): '
+            f'TIDE\'s AP{int(eb.pos_iou * 100)} is {eb.ap:.4f}; `dap` is the AP gained by fixing only the errors of '
+            'that type (classification, localization, both, duplicate, background, missed); the special rows give '
+            'the AP with every false positive or every false negative fixed.')
+    return Section('Error breakdown', text, [eb.table().reset_index()])
+
+
+def _sec_det_galleries(ev, ctx):
+    "False positives and missed objects drawn on their images, the highest-scored false positives first."
+    n = ctx.get('n_worst', 16)
+    if n <= 0:
+        return None
+    from cvbench.evaluate.detection_errors import detection_errors
+    from cvbench.report.plots import plot_detection_gallery
+
+    errs = detection_errors(ctx['samples'], ctx['ledger'])
+    figs = []
+    for kind, name in (('FP', 'false_positives'), ('FN', 'missed_objects')):
+        e = errs[errs['kind'] == kind]
+        if len(e):
+            figs.append(plot_detection_gallery(ctx['samples'], e, ctx['out'] / f'{name}.png', n=n))
+    if not figs:
+        return None
+    counts = errs.groupby(['kind', 'type']).size().rename('errors').reset_index()
+    text = ('False positives (highest score first) and missed objects, drawn on their images: ground truth in green, '
+            'the detections coloured by error type. Counts per kind and type below.')
+    return Section('False positives and missed objects', text, [counts], figs)
+
+
+def _slice_intervals(ev, ctx, t: pd.DataFrame) -> pd.DataFrame | None:
+    "AP50 per metadata slice with its bootstrap interval (`evaluate.compare.detection_slice_intervals`), or None."
+    n, meta = ev.info.get('n_resamples') or 0, t[t['column'] != 'object_size']
+    if not n or not len(meta):
+        return None
+    from cvbench.evaluate.compare import detection_slice_intervals, keep_matches
+
+    keep_matches(ev, ctx['samples'], ctx['ledger'])
+    iv = detection_slice_intervals(ev, 'ap50', n, ev.info.get('seed', 0), list(dict.fromkeys(meta['column'])))
+    small = meta.set_index(['column', 'value'])['too_small']
+    return iv.assign(too_small=[bool(small.get((r.column, r.value), r.too_small)) for r in iv.itertuples()])
+
+
+def _sec_det_slices(ev, ctx):
+    "AP per metadata value (AP50 with its interval) and per object size."
+    t = ev.slices
+    if not len(t):
+        return None
+    if 'AP50_low' not in t:  # the evaluation has no slice intervals: resample each slice here
+        iv = _slice_intervals(ev, ctx, t)
+        if iv is not None and len(iv):
+            t = t.merge(iv[['column', 'value', 'AP50_low', 'AP50_high']], on=['column', 'value'], how='left')
+    figs = []
+    if 'AP50_low' in t:
+        meta = t[(t['column'] != 'object_size') & t['AP50_low'].notna()]
+        meta = meta.assign(n=meta['n_images'].astype(int), too_small=meta['too_small'].astype(bool))
+        figs = [save_figure(plot_slices(meta, 'AP50'), ctx['out'] / 'slices.png')] if len(meta) else []
+    small = int(t['too_small'].fillna(False).astype(bool).sum()) if 'too_small' in t else 0
+    text = ('AP, AP50 and AP75 on the images of each metadata value (lighting, camera, video, ...), AP50 with its '
+            "95 % interval (each slice's images resampled), and COCO's AP per object size (small < 32², medium < 96², "
+            f'large). {small} slice(s) have fewer images than the minimum and are flagged `too_small`: shown, but not '
+            "to be trusted. A comparison gives each slice's change with its interval.")
+    return Section('Slices', text, [t], figs)
+
+
+# %% ../../nbs/51_report.documents.ipynb #9f2a80f3
+DETECTION_SECTIONS = [
+    _sec_decision,
+    _sec_about,
+    _sec_coco_stats,
+    _sec_det_per_class,
+    _sec_det_curves,
+    _sec_det_thresholds,
+    _sec_det_confusion,
+    _sec_det_errors,
+    _sec_det_galleries,
+    _sec_det_slices,
+    _sec_comparison,
+    _sec_skipped,
+    _sec_notes,
+    _sec_env,
+]
+
+
+def detection_sections(
+    ev,  # a `DetectionEvaluation` (`evaluate.detection.evaluate_detection`)
+    samples,  # the detection `Samples` it was computed on (images under `samples.root`)
+    ledger: pd.DataFrame,  # the detection ledger it was computed from
+    out_dir: str | Path,  # where figures are written (the report folder)
+    about: dict,  # what was evaluated: run, model, data, ...
+    **ctx,  # skipped, environment, n_worst, score_threshold, comparison, baseline_name, gate_name
+) -> list[Section]:
+    "Report sections of a detection evaluation, the gate's decision first when there is one; figures into `out_dir`."
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = dict(ctx, samples=samples, ledger=ledger, root=Path(samples.root), out=out, about=about)
+    return [s for f in DETECTION_SECTIONS if (s := f(ev, ctx)) is not None]
+
+
+# %% ../../nbs/51_report.documents.ipynb #38dd6692
+def _sec_text_headline(ev, ctx):
+    "CER, WER and exact match with their intervals, and the corpus edit counts."
+    edits = pd.DataFrame([dict(unit=u, **d) for u, d in (('characters', ev.chars), ('words', ev.words))])
+    text = (f'{ev.n} samples; CER and WER are corpus rates (all edits over all reference characters or words), with '
+            f'95 % percentile-bootstrap intervals over the samples. Texts compared after Unicode '
+            f'{ev.normalization or "no"} normalization.')
+    return Section('Error rates', text, [ev.intervals, edits])
+
+
+def _sec_text_slices(ev, ctx):
+    "CER and WER per metadata value."
+    if not len(ev.slices):
+        return None
+    return Section('Slices', 'CER and WER per metadata value, with intervals; `too_small` slices are shown but not '
+                   'to be trusted.', [ev.slices])
+
+
+def _sec_text_worst(ev, ctx):
+    "The samples with the highest CER: reference and prediction side by side, and their images when they exist."
+    if not len(ev.worst):
+        return None
+    figs = []
+    smp = ctx.get('samples_df')
+    if smp is not None and 'path' in smp:
+        paths = ev.worst['image_id'].map(smp.set_index(smp['image_id'].astype(str))['path'])
+        files = [ctx['root'] / p for p in paths.dropna()]
+        if files and all(f.is_file() for f in files):
+            caps = [f'{r.text} → {r.pred_text}\nCER {r.cer:.2f}' for r in ev.worst.itertuples()]
+            figs = [save_figure(plot_gallery(files, caps), ctx['out'] / 'worst_texts.png')]
+    return Section('Worst samples', f'The {len(ev.worst)} samples with the highest CER (errors only).', [ev.worst],
+                   figs)
+
+
+TEXT_SECTIONS = [_sec_decision, _sec_about, _sec_text_headline, _sec_text_slices, _sec_text_worst, _sec_comparison,
+                 _sec_skipped, _sec_notes, _sec_env]
+
+
+def text_sections(
+    ev,  # a `TextEvaluation` (`evaluate.ocr.evaluate_text`)
+    ledger: pd.DataFrame,  # the text ledger: `image_id`, `text`, `pred_text`
+    image_root: str | Path,  # the folder the samples' paths are relative to
+    out_dir: str | Path,  # where figures are written (the report folder)
+    about: dict,  # what was evaluated
+    **ctx,  # samples_df (for the worst samples' images), skipped, environment, comparison, baseline_name
+) -> list[Section]:
+    "Report sections of a text (OCR) evaluation: CER/WER with intervals, slices, the worst samples."
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = dict(ctx, ledger=ledger, root=Path(image_root), out=out, about=about)
+    return [s for f in TEXT_SECTIONS if (s := f(ev, ctx)) is not None]
+
