@@ -87,6 +87,18 @@ def _fresh_dir(
     out.mkdir(parents=True, exist_ok=True)
     return out
 
+# %% ../../nbs/11a_data.detection.ipynb #d6dd8be6
+def _check_relative(
+    paths: pd.Series,  # image paths of the samples
+    fmt: str,  # the format written, for messages
+):
+    "A `DataError` for an absolute image path or one with `..`: a writer puts each image at its path under `out`."
+    bad = paths.map(lambda p: os.path.isabs(p) or '..' in Path(p).parts)
+    if bad.any():
+        raise DataError(f'image path {paths[bad].iloc[0]!r} is absolute or leaves the dataset folder (`..`); the '
+                        f'{fmt} writer puts each image at its path under the output folder: read the dataset with '
+                        '`root=` a folder that holds every image, so that all paths are relative to it')
+
 # %% ../../nbs/11a_data.detection.ipynb #38babc0b
 def _place_images(
     sources: list[str],  # image files
@@ -301,8 +313,9 @@ def _check_ids(
             raise DataError(f'{path}: annotations[{gone[0]}] has no `{k}`; every annotation needs id, image_id, '
                             'category_id and bbox')
     ids = pd.to_numeric(a['id'], errors='coerce')
-    if (ids.isna() | (ids != ids.round())).any():
-        raise DataError(f'{path}: annotations[{ids.index[ids.isna()][0]}] has id {a.id[ids.isna()].tolist()[0]!r}; '
+    frac = ids.isna() | (ids != ids.round())
+    if frac.any():
+        raise DataError(f'{path}: annotations[{ids.index[frac][0]}] has id {a.id[frac].tolist()[0]!r}; '
                         'annotation ids are whole numbers')
     ids = ids.astype('int64')
     if (ids <= 0).any():
@@ -310,11 +323,15 @@ def _check_ids(
                         'pycocotools treats id 0 as "unmatched" (a silently different AP): number annotations from 1')
     if ids.duplicated().any():
         raise DataError(f'{path}: annotation id {ids[ids.duplicated()].iloc[0]} is used twice; ids must be unique')
-    for k, known, what in (('image_id', images.coco_id, 'image'), ('category_id', list(cats), 'category')):
+    for k, known, what, key in (('image_id', images.coco_id, 'image', 'images'),
+                                ('category_id', list(cats), 'category', 'categories')):
         stray = ~a[k].isin(known)
         if stray.any():
-            raise DataError(f'{path}: annotation {ids[stray].iloc[0]} refers to {what} id {a[k][stray].iloc[0]}, '
-                            f'which is not in the `{what}s` list; add the {what} or remove the annotation')
+            v = a[k][stray].iloc[0]
+            quoted = ' (text: COCO ids are numbers, write them without quotes)' if isinstance(v, str) else ''
+            shown = repr(v) if quoted else v
+            raise DataError(f'{path}: annotation {ids[stray].iloc[0]} refers to {what} id {shown}{quoted}, which is '
+                            f'not in the `{key}` list; add the {what} or remove the annotation')
 
 # %% ../../nbs/11a_data.detection.ipynb #e69a7249
 def _coco_boxes(
@@ -327,11 +344,15 @@ def _coco_boxes(
         raise DataError(f'{path}: annotation {a.id[n != 4].iloc[0]} has bbox {a.bbox[n != 4].iloc[0]}; '
                         'a COCO bbox is [x, y, width, height]')
     try:
-        b = np.array(a['bbox'].tolist(), dtype=float)
-    except (TypeError, ValueError):
+        b = np.array(a['bbox'].tolist())
+    except ValueError:  # nested lists of different lengths
+        b = np.array([], dtype=object)
+    if b.ndim != 2 or b.dtype.kind not in 'biuf':  # text ('1') or None would be converted or fail later
         bad = a.bbox.map(lambda v: not all(isinstance(x, (int, float)) for x in v))
-        raise DataError(f'{path}: annotation {a.id[bad].iloc[0]} has bbox {a.bbox[bad].iloc[0]}; '
-                        'bbox values must be numbers') from None
+        if bad.any():
+            raise DataError(f'{path}: annotation {a.id[bad].iloc[0]} has bbox {a.bbox[bad].iloc[0]}; '
+                            'bbox values must be numbers (not text or lists)')
+    b = b.astype(float)
     bad = ~np.isfinite(b).all(axis=1)
     if bad.any():
         raise DataError(f'{path}: annotation {a.id[bad].iloc[0]} has a non-finite bbox {a.bbox[bad].iloc[0]}; '
@@ -342,6 +363,41 @@ def _coco_boxes(
                         f'{a.bbox[bad].iloc[0]}; COCO boxes are [x, y, width, height], not [x1, y1, x2, y2]')
     return b
 
+# %% ../../nbs/11a_data.detection.ipynb #8d626fef
+def _optional_numbers(
+    a: pd.DataFrame,  # the annotations, with `id`
+    key: str,  # an optional numeric key (`iscrowd`, `area`)
+    path: Path,  # the file, for messages
+) -> pd.Series:
+    "Column `key` as numbers, NaN where an annotation lacks it; a `DataError` for a value that is not a number."
+    if key not in a:
+        return pd.Series(np.nan, index=a.index)
+    try:  # the usual case, all numbers or missing: no look at each value
+        return pd.to_numeric(a[key]).astype(float)
+    except (TypeError, ValueError):
+        pass
+    scalar = a[key].map(lambda v: v if isinstance(v, (int, float, str)) or v is None else np.nan)
+    v = pd.to_numeric(scalar, errors='coerce')
+    bad = v.isna() & a[key].notna()
+    if bad.any():
+        raise DataError(f'{path}: annotation {a.id[bad].iloc[0]} has {key} {a[key][bad].iloc[0]!r}; {key} must be '
+                        f'a number (or left out)')
+    return v.astype(float)
+
+# %% ../../nbs/11a_data.detection.ipynb #8a871c5f
+def _coco_area(
+    a: pd.DataFrame,  # the annotations, with `id`
+    path: Path,  # the file, for messages
+) -> pd.Series:
+    "The `area` of each annotation, NaN where missing; negative or infinite areas are an error."
+    area = _optional_numbers(a, 'area', path)
+    bad = (area < 0) | np.isinf(area)
+    if bad.any():
+        raise DataError(f'{path}: annotation {a.id[bad].iloc[0]} has area {area[bad].iloc[0]}; pycocotools leaves such '
+                        'an object out of every area range (a silently different AP): fix it, or leave `area` out '
+                        'to get the mask area or w * h')
+    return area
+
 # %% ../../nbs/11a_data.detection.ipynb #b3a2048e
 def _coco_objects(
     anns,  # the `annotations` list
@@ -350,6 +406,8 @@ def _coco_objects(
     path: Path,  # the file, for messages
 ) -> pd.DataFrame:
     "The `annotations` list as an objects table (`OBJECT_COLUMNS`, then one column per other annotation key)."
+    if not isinstance(anns, list):
+        raise DataError(f'{path}: `annotations` is a {type(anns).__name__}; it must be a list of annotations')
     if not anns:
         return empty_objects()
     a = pd.DataFrame(anns)
@@ -358,14 +416,13 @@ def _coco_objects(
     o = pd.DataFrame(dict(image_id=a.image_id.map(dict(zip(images.coco_id, images.image_id))),
                           object_id=a.id.astype('int64'), label=a.category_id.map(cats),
                           x=b[:, 0], y=b[:, 1], w=b[:, 2], h=b[:, 3]))
-    crowd = pd.to_numeric(a['iscrowd'], errors='coerce').fillna(0) if 'iscrowd' in a else 0
-    o['iscrowd'] = (crowd != 0).astype('int64') if 'iscrowd' in a else 0  # truthy, as pycocotools reads it
+    o['iscrowd'] = (_optional_numbers(a, 'iscrowd', path).fillna(0) != 0).astype('int64')  # truthy, as pycocotools
     o['segmentation'] = None
     if 'segmentation' in a:
         has = a.index[a.segmentation.notna()]  # lists and dicts are not NA
         o.loc[has, 'segmentation'] = [_check_segmentation(s, f'{path}: annotation {i}')
                                       for s, i in zip(a.segmentation[has], o.object_id[has])]
-    o['area'] = pd.to_numeric(a['area'], errors='coerce') if 'area' in a else np.nan
+    o['area'] = _coco_area(a, path)
     _fill_area(o, images, path)
     extra = [k for k in a.columns if k not in _COCO_KEYS]
     for k in extra:
@@ -464,6 +521,7 @@ def write_coco(
     "Write `samples` as a COCO JSON (atomically); `read_coco` reads it back to the same table."
     path = Path(path)
     if images_dir is not None:
+        _check_relative(samples.df.path, 'COCO')
         _place_images(_sources(samples), [os.path.join(images_dir, p) for p in samples.df.path], required=False)
     return write_text(path, json.dumps(coco_dict(samples), allow_nan=False))
 
@@ -479,6 +537,19 @@ def _voc_number(
         return float(text)
     except (TypeError, ValueError):
         raise DataError(f'{where}: <{tag}> is {text!r}; it must be a number') from None
+
+# %% ../../nbs/11a_data.detection.ipynb #80f12958
+def _voc_flags(
+    r: dict,  # one object's values
+    where: str,  # the file and object, for messages
+) -> dict:
+    "`r` with its flags (`difficult`, `truncated`, `occluded`, `iscrowd`) as 0 or 1 (`true`/`false` read too)."
+    for k in [k for k in (*_VOC_FLAGS, 'iscrowd') if k in r]:
+        v = {'true': 1, 'false': 0}.get(str(r[k]).lower(), r[k])
+        if v not in (0, 1):
+            raise DataError(f'{where}: <{k}> is {r[k]!r}; VOC flags are 0 or 1')
+        r[k] = v
+    return r
 
 # %% ../../nbs/11a_data.detection.ipynb #12c44eb7
 def _voc_object(
@@ -501,7 +572,7 @@ def _voc_object(
         if len(c) == 0 and c.tag not in ('name', 'bndbox') and (c.text or '').strip():
             v = c.text.strip()
             r[c.tag] = int(v) if v.lstrip('-').isdigit() else v
-    return r
+    return _voc_flags(r, where)
 
 # %% ../../nbs/11a_data.detection.ipynb #1af995a4
 def _parse_voc(
@@ -658,6 +729,7 @@ def write_voc(
     out_dir: str | Path,  # a new or empty folder
 ) -> Path:
     "Write `samples` as a Pascal VOC tree (XML per image, images linked, splits in `ImageSets/Main`)."
+    _check_relative(samples.df.path, 'VOC')
     out, df = _fresh_dir(Path(out_dir)), samples.df
     _place_images(_sources(samples), [os.path.join(out, 'JPEGImages', p) for p in df.path], required=False)
     o = samples.objects.copy()
@@ -704,12 +776,17 @@ def _yolo_names(
 ) -> list[str]:
     "Class names in index order; a dict must number them 0..n-1."
     if isinstance(names, dict):
-        if sorted(int(k) for k in names) != list(range(len(names))):
-            raise DataError(f'{path}: `names` indices are {sorted(names)}; YOLO class indices are 0..n-1')
+        keys = pd.to_numeric(pd.Series(list(names), dtype=object), errors='coerce')
+        if sorted(keys.fillna(-1)) != list(range(len(names))):
+            raise DataError(f'{path}: `names` indices are {list(names)}; YOLO class indices are 0..n-1')
         names = [names[k] for k in sorted(names, key=int)]
     if not isinstance(names, list) or not names:
         raise DataError(f'{path}: `names` must be a list of class names or a dict {{0: name, ...}}')
-    return [str(n) for n in names]
+    names = pd.Series([str(n) for n in names])
+    if names.duplicated().any():
+        raise DataError(f'{path}: class name {names[names.duplicated()].iloc[0]!r} is in `names` twice; give each '
+                        'class index its own name (or merge the two classes in the labels)')
+    return names.tolist()
 
 # %% ../../nbs/11a_data.detection.ipynb #1634760a
 def _yolo_images(
@@ -907,6 +984,7 @@ def write_yolo(
     "Write `samples` as an Ultralytics dataset (images linked, one label file per image); the `data.yaml` path."
     import yaml
 
+    _check_relative(samples.df.path, 'YOLO')
     out, df = _fresh_dir(Path(out_dir)), samples.df
     dirs = df.split.map(_YOLO_DIRS)
     images = 'images/' + dirs + '/' + df.path
