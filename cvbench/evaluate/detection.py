@@ -19,7 +19,8 @@ from .stats import bootstrap_indices
 __all__ = ['log', 'STAT_NAMES', 'BACKENDS', 'DetectionError', 'coco_ground_truth', 'run_backend', 'coco_summary', 'match_cache',
            'class_precision', 'accumulate', 'box_ious', 'coco_arrays', 'box_matches', 'class_table', 'voc_ap',
            'pr_curves', 'f1_curves', 'recall_thresholds', 'weighted_ap', 'bootstrap_intervals', 'slice_weights',
-           'slice_table', 'detection_arrays', 'detection_stats', 'DetectionEvaluation', 'evaluate_detection']
+           'slice_table', 'detection_arrays', 'detection_stats', 'DetectionEvaluation', 'check_settings',
+           'evaluate_detection']
 
 # %% ../../nbs/33_evaluate.detection.ipynb #50fcd4c6
 log = logging.getLogger(__name__)
@@ -648,6 +649,10 @@ def bootstrap_intervals(
         warnings.simplefilter('ignore', RuntimeWarning)  # a class absent from every resample: NaN
         lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
         std = np.nanstd(vals, axis=0, ddof=1)
+    # the re-accumulation sums precision in another order than pycocotools: an endpoint a rounding error away
+    # from the estimate (one image, a perfect detector) is the estimate
+    e = np.asarray(est, dtype=np.float64)
+    lo, hi = np.where(np.abs(lo - e) < 1e-12, e, lo), np.where(np.abs(hi - e) < 1e-12, e, hi)
     return pd.DataFrame(dict(metric=names, cls=[None] * 3 + list(classes), estimate=est, low=lo, high=hi, std=std,
                              n=n)).rename(columns={'cls': 'class'})
 
@@ -887,6 +892,33 @@ DetectionEvaluation.save = _save
 DetectionEvaluation._repr_markdown_ = _repr_md
 
 # %% ../../nbs/33_evaluate.detection.ipynb #cf61ef15
+def check_settings(
+    samples: Samples,  # detection samples
+    ledger: pd.DataFrame,  # detection ledger
+    n_resamples: int,  # bootstrap resamples
+    target_recall: float,  # recall of the operating points
+    backend: str,  # one of `BACKENDS`
+    slice_resamples: int,  # resamples per slice
+    iou_type: str,  # 'bbox' or 'segm'
+):
+    "Raise `DetectionError` for settings that cannot work, before any matching."
+    if iou_type not in ('bbox', 'segm'):
+        raise DetectionError(f"iou_type {iou_type!r} is not supported; use 'bbox' (boxes) or 'segm' (masks)")
+    if backend not in BACKENDS:
+        raise DetectionError(f'backend {backend!r} is unknown; use one of {", ".join(BACKENDS)}')
+    for name, v in (('n_resamples', n_resamples), ('slice_resamples', slice_resamples)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise DetectionError(f'`{name}` must be a whole number >= 0 (0: no intervals); got {v!r}')
+    if not (isinstance(target_recall, (int, float)) and 0 < target_recall <= 1):
+        raise DetectionError(f'`target_recall` must be in (0, 1]; got {target_recall!r}')
+    if iou_type == 'segm':
+        lacking = [name for name, df in (('objects', samples.objects), ('detections', ledger))
+                   if 'segmentation' not in df or df['segmentation'].isna().any()]
+        if lacking:
+            raise DetectionError(f"iou_type='segm' needs a segmentation on every one of the {' and '.join(lacking)}; "
+                                 "some have none: evaluate boxes with iou_type='bbox'")
+
+
 def evaluate_detection(
     samples: Samples,  # detection samples (objects are the ground truth)
     ledger: pd.DataFrame,  # detection ledger (`DETECTION_COLUMNS`)
@@ -900,6 +932,7 @@ def evaluate_detection(
     iou_type: str = 'bbox',  # 'bbox', or 'segm' when objects and detections carry segmentations
 ) -> DetectionEvaluation:
     "Evaluate `ledger` on `samples`: COCO stats bit-exact with pycocotools, and the tables built on them."
+    check_settings(samples, ledger, n_resamples, target_recall, backend, slice_resamples, iou_type)
     if iou_type == 'bbox':
         ev, gts, dts, img_ids = _evaluate_boxes(samples, ledger, backend)
         p = ev['params']

@@ -213,28 +213,58 @@ def _known(
                           f'e.g. {stray[:3].tolist()}; {fix}')
 
 # %% ../../nbs/30a_evaluate.ledger.ipynb #fb02e676
+def _is_number(v) -> bool:
+    "A JSON number: int or float, not a boolean, text or list."
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _typed(
+    values: list,  # one field of every result
+    key: str,  # the field's name
+    where: str,  # name in messages
+    whole: bool = False,  # ids: whole numbers only
+) -> list:
+    "`values`, or a `LedgerError` naming the first result whose `key` is text, a boolean, a list or a fraction."
+    bad = next((i for i, v in enumerate(values) if not _is_number(v) or (whole and v != int(v))), None)
+    if bad is None:
+        return values
+    hint = (' (Ultralytics writes file stems as image_id: map them to the dataset\'s COCO ids, `Samples.coco_ids()`)'
+            if key == 'image_id' and isinstance(values[bad], str) else '')
+    kind = 'a whole number' if whole else 'a number'
+    raise LedgerError(f'{where}: result {bad} has "{key}": {values[bad]!r}; it must be {kind}{hint}')
+
+
+def _boxes(res: list, where: str) -> np.ndarray:
+    "The `(n, 4)` boxes of the results, or a `LedgerError` naming the first bbox that is not 4 numbers."
+    boxes = _results_column(res, 'bbox', where)
+    bad = next((i for i, b in enumerate(boxes)
+                if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(map(_is_number, b))), None)
+    if bad is not None:
+        raise LedgerError(f'{where}: result {bad} has "bbox": {str(boxes[bad])[:60]}; every "bbox" must be '
+                          '[x, y, w, h], four numbers')
+    return np.asarray(boxes, dtype=np.float64).reshape(len(res), 4)
+
+
 def results_ledger(
     res: list,  # COCO results: dicts with `image_id`, `category_id`, `bbox`, `score`
     samples,  # the detection `Samples` the results are for
     where: str = 'the results',  # how to name them in messages (a path)
 ) -> pd.DataFrame:
     "The detection ledger of a COCO results list, with the samples' `image_id` and class names."
-    img = np.asarray(_results_column(res, 'image_id', where))
-    cat = np.asarray(_results_column(res, 'category_id', where))
+    img = np.asarray(_typed(_results_column(res, 'image_id', where), 'image_id', where, whole=True))
+    cat = np.asarray(_typed(_results_column(res, 'category_id', where), 'category_id', where, whole=True))
     ids = samples.coco_ids()
     _known(img, ids.to_numpy(), 'image id', where,
            'the results were written for another dataset or split (pycocotools loadRes refuses them too)')
     _known(cat, samples.category_ids.values(), 'category id', where,
            f'the dataset has category ids {sorted(samples.category_ids.values())[:10]}')
-    try:
-        boxes = np.asarray(_results_column(res, 'bbox', where), dtype=np.float64).reshape(len(res), 4)
-    except ValueError:
-        raise LedgerError(f'{where}: every "bbox" must be [x, y, w, h]') from None
+    boxes = _boxes(res, where)
     by_coco = pd.Series(ids.index, index=ids.to_numpy())
     by_cat = {v: k for k, v in samples.category_ids.items()}
     segm = [json.dumps(r['segmentation']) if 'segmentation' in r else None for r in res]
+    scores = _typed(_results_column(res, 'score', where), 'score', where)
     df = detection_ledger_frame(by_coco.reindex(img).to_numpy(), [by_cat[c] for c in cat.tolist()],
-                                _results_column(res, 'score', where), boxes, segm if any(segm) else None)
+                                scores, boxes, segm if any(segm) else None)
     return check_detection_ledger(df, samples.classes, where)
 
 
