@@ -454,25 +454,40 @@ def data_check(
     write_text(out / 'issues.csv', issues.to_csv(index=False))
     counts = issues.groupby('issue').size().to_dict() if len(issues) else {}
     severity = issues.severity.value_counts().to_dict() if len(issues) else {}
+    objects = samples.objects  # detection: the report draws the boxes that object-level issues flag
+    n_objects = {} if objects is None else dict(objects=len(objects))
     write_json(out / 'summary.json', dict(source=str(source), version=samples.version, images=len(samples),
-                                          skipped=len(samples.skipped), issues=counts, by_severity=severity))
-    about = dict(dataset=str(source), version=samples.version, images=len(samples), workers=n_workers or os.cpu_count())
-    write_report(quality_sections(issues, samples.root, out, about), out, f'Data check: {samples.name or source}')
+                                          **n_objects, skipped=len(samples.skipped), issues=counts,
+                                          by_severity=severity))
+    about = dict(dataset=str(source), version=samples.version, images=len(samples), **n_objects,
+                 workers=n_workers or os.cpu_count())
+    secs = quality_sections(issues, samples.root, out, about, objects=objects)
+    write_report(secs, out, f'Data check: {samples.name or source}')
     return samples, scan, issues, out
 
 # %% ../nbs/55_runs.ipynb #f436716d
+def _flagged_objects(objects: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    "Whether each object of `objects` is named (image id and object id) by an issue row of `rows`."
+    named = rows[['image_id', 'object_id']].astype(str)
+    key = objects['image_id'].astype(str) + '\0' + objects['object_id'].astype(str)
+    return key.isin(named['image_id'] + '\0' + named['object_id']).to_numpy()
+
+
 def exclude_issues(samples: Samples, issues: pd.DataFrame, kinds: list[str]):
-    "A copy of `samples` without the images that have any issue in `kinds` (`all`: every issue); files are untouched."
+    "A copy of `samples` without the objects or images flagged by an issue in `kinds` (`all`: all); files untouched."
     from cvbench.data.quality import SEVERITY
 
     kinds = list(SEVERITY) if 'all' in kinds else kinds
     bad = [k for k in kinds if k not in SEVERITY]
     if bad:
         raise CvbenchError(f'unknown issue type(s) {bad}; known: {", ".join(SEVERITY)}')
-    drop = set(issues.image_id[issues.issue.isin(kinds)].astype(str))
-    keep = ~samples.df['image_id'].astype(str).isin(drop)
-    o = samples.objects  # detection: the objects of the kept images
+    rows = issues[issues.issue.isin(kinds)]
+    on_object = rows['object_id'].notna() if 'object_id' in rows else pd.Series(False, rows.index)
+    keep = ~samples.df['image_id'].astype(str).isin(set(rows.image_id[~on_object].astype(str)))
+    o = samples.objects  # detection: the objects of the kept images, less the flagged ones
     objects = None if o is None else o[o['image_id'].isin(samples.df['image_id'][keep])]
+    if objects is not None and on_object.any():
+        objects = objects[~_flagged_objects(objects, rows[on_object])]
     clean = Samples(samples.df[keep], samples.root, samples.task, samples.classes, samples.skipped, samples.name,
                     objects, samples.category_ids)
     return clean, {k: int((issues.issue == k).sum()) for k in kinds if (issues.issue == k).any()}
@@ -480,7 +495,7 @@ def exclude_issues(samples: Samples, issues: pd.DataFrame, kinds: list[str]):
 
 def write_clean(samples: Samples, scan, issues: pd.DataFrame, kinds: list[str], out: Path, dest: str | Path | None,
                 source: str) -> tuple[Samples, dict, Path]:
-    "Write the samples table without the images having issues `kinds`, and its datasheet; return it, counts and file."
+    "Write the samples table without what has issues `kinds`, and its datasheet; return it, counts and file."
     from cvbench.report.documents import datasheet
 
     clean, excluded = exclude_issues(samples, issues, kinds)
@@ -488,6 +503,7 @@ def write_clean(samples: Samples, scan, issues: pd.DataFrame, kinds: list[str], 
     clean.save(f)
     write_text(out / 'datasheet.md', datasheet(clean, scan, issues, source, excluded))
     return clean, excluded, f
+
 
 # %% ../nbs/55_runs.ipynb #e656a37f
 def fails(issues: pd.DataFrame, level: str) -> bool:

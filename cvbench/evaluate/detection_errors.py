@@ -57,14 +57,15 @@ def box_iou_xywh(
     a: np.ndarray,  # n x 4 boxes, COCO `x, y, w, h` in pixels
     b: np.ndarray,  # m x 4 boxes, same convention
 ) -> np.ndarray:
-    "n x m IoU of COCO boxes by `torchvision.ops.box_iou` in float64; 0 where both boxes are empty."
-    import torch
-    from torchvision.ops import box_convert, box_iou
-
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    ta, tb = (box_convert(torch.as_tensor(np.asarray(x, float)), 'xywh', 'xyxy') for x in (a, b))
-    return np.nan_to_num(box_iou(ta, tb).numpy())
+    "n x m IoU of COCO boxes in float64, the arithmetic of `torchvision.ops.box_iou` in numpy; 0 where both are empty."
+    (a0, a1), (b0, b1) = _corners(a), _corners(b)
+    if len(a0) == 0 or len(b0) == 0:
+        return np.zeros((len(a0), len(b0)))
+    area_a, area_b = (a1 - a0).prod(1), (b1 - b0).prod(1)
+    wh = (np.minimum(a1[:, None], b1[None]) - np.maximum(a0[:, None], b0[None])).clip(0)
+    inter = wh[..., 0] * wh[..., 1]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.nan_to_num(inter / (area_a[:, None] + area_b[None] - inter))
 
 
 def _corners(b) -> tuple:
@@ -79,6 +80,7 @@ def box_ioa_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     wh = (np.minimum(a1[:, None], b1[None]) - np.maximum(a0[:, None], b0[None])).clip(0)
     area = np.asarray(a, float).reshape(-1, 4)[:, 2:].prod(1)
     return wh[..., 0] * wh[..., 1] / np.maximum(area, np.finfo(float).tiny)[:, None]
+
 
 # %% ../../nbs/33a_evaluate.detection_errors.ipynb #8312c53b
 def _greedy(iou: np.ndarray, allowed: np.ndarray, thr: float, taken: np.ndarray, free: np.ndarray) -> np.ndarray:

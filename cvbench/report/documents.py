@@ -27,8 +27,8 @@ from cvbench.report.plots import (
 
 # %% auto #0
 __all__ = ['SECTIONS', 'DETECTION_SECTIONS', 'TEXT_SECTIONS', 'format_value', 'table_markdown', 'Section', 'render_markdown',
-           'render_html', 'evaluation_sections', 'issue_counts', 'quality_sections', 'datasheet', 'write_report',
-           'detection_sections', 'text_sections']
+           'render_html', 'evaluation_sections', 'issue_counts', 'quality_sections', 'class_counts', 'datasheet',
+           'write_report', 'detection_sections', 'text_sections']
 
 # %% ../../nbs/51_report.documents.ipynb #d1272324
 def _format_float(v: float) -> str:
@@ -404,21 +404,66 @@ def evaluation_sections(
 
 # %% ../../nbs/51_report.documents.ipynb #b6635ba0
 def issue_counts(issues: pd.DataFrame) -> pd.DataFrame:
-    "Images per issue type, the most severe first (error, warning, info), then the most frequent."
+    "Images (and objects, for object-level issues) per issue type, the most severe first, then the most frequent."
     if not len(issues):
         return pd.DataFrame(columns=['severity', 'issue', 'images'])
-    c = issues.groupby(['severity', 'issue']).size().rename('images').reset_index()
+    g = issues.groupby(['severity', 'issue'])
+    c = g['image_id'].nunique().rename('images').reset_index()
+    if 'object_id' in issues:
+        c['objects'] = g['object_id'].count().to_numpy()
     c['_level'] = c.severity.map(LEVELS).fillna(-1)
-    c = c.sort_values(['_level', 'images', 'issue'], ascending=[False, False, True])
-    return c.drop(columns='_level').reset_index(drop=True)
+    c['_n'] = c[['images', 'objects']].max(axis=1) if 'objects' in c else c['images']
+    c = c.sort_values(['_level', '_n', 'issue'], ascending=[False, False, True])
+    return c.drop(columns=['_level', '_n']).reset_index(drop=True)
 
 
 _PARTNER = re.compile(r'(?:same pixels as|bits of|duplicate of \w+ image) (.+)$')
+_TWIN = re.compile(r'duplicate of object (\S+?)\b')
 
 
-def _issue_gallery(g: pd.DataFrame, root: Path, path: Path, n_show: int) -> Path:
+def _flagged_boxes(g: pd.DataFrame, objects: pd.DataFrame) -> list:
+    "Per issue row: the objects to draw (its `object_id` dashed, the object it duplicates), or None for an image issue."
+    if objects is None or 'object_id' not in g:
+        return [None] * len(g)
+    by_id = objects.assign(_id=objects['object_id'].astype(str)).set_index('_id')
+    out = []
+    for r in g.itertuples():
+        if pd.isna(r.object_id):
+            out.append(None)
+            continue
+        twin = _TWIN.search(str(r.details))
+        ids = [i for i in [str(r.object_id)] + ([twin.group(1)] if twin else []) if i in by_id.index]
+        out.append(by_id.loc[ids].assign(missed=[i == str(r.object_id) for i in ids]))  # the flagged box dashed
+    return out
+
+
+def _box_gallery(g: pd.DataFrame, boxes: list, root: Path, path: Path) -> Path:
+    "A gallery of object-level issues: each image with its flagged box (and the box it duplicates) drawn."
+    from cvbench.data.images import open_image, ImageReadError
+    from cvbench.report.plots import draw_boxes
+    import matplotlib.pyplot as plt
+
+    ncols = min(4, len(g))
+    nrows = -(-len(g) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3 * nrows), squeeze=False)
+    for ax, r, b in zip(axs.flat, g.itertuples(), boxes):
+        try:
+            img = open_image(root / r.path)
+        except ImageReadError:
+            img = None
+        draw_boxes(ax, img, gt=b if b is not None and len(b) else None)
+        ax.set_title(f'{r.label} (object {r.object_id})\n{str(r.details)[:60]}', fontsize=7)
+    for ax in list(axs.flat)[len(g):]:
+        ax.axis('off')
+    return save_figure(fig, path)
+
+
+def _issue_gallery(g: pd.DataFrame, root: Path, path: Path, n_show: int, objects: pd.DataFrame | None = None) -> Path:
     "A gallery of the first `n_show` images of one issue; duplicates side by side with the image they copy."
     g = g.head(n_show)
+    boxes = _flagged_boxes(g, objects)
+    if any(b is not None for b in boxes):
+        return _box_gallery(g, boxes, root, path)
     partners = [m.group(1) if (m := _PARTNER.search(str(d))) else None for d in g.details]
     if all(partners):
         paths = [root / p for pair in zip(g.path, partners) for p in pair]
@@ -436,6 +481,7 @@ def quality_sections(
     out_dir: str | Path,  # where galleries are written
     about: dict,  # what was scanned
     n_show: int = 8,  # images per gallery
+    objects: pd.DataFrame | None = None,  # detection: `samples.objects`, to draw the box an object-level issue flags
 ) -> list[Section]:
     "Report sections of a data-quality scan, the most severe issues first; galleries are written into `out_dir`."
     out = Path(out_dir)
@@ -447,15 +493,42 @@ def quality_sections(
         Section('Summary', f'{len(issues)} issue(s) on {n_images} image(s), the most severe first.'
                 if len(issues) else 'No issue found.', [counts] if len(counts) else []),
     ]
+    cols = ['path', 'split', 'label'] + (['object_id'] if 'object_id' in issues else []) + ['score', 'details']
     for kind in counts.issue:
         g = issues[issues.issue == kind].sort_values('score', ascending=False)
         figs = []
         if kind not in ('unreadable', 'oversized', 'class_imbalance', 'missing_file'):
-            figs = [_issue_gallery(g, Path(root), out / f'issue_{kind}.png', n_show)]
+            figs = [_issue_gallery(g, Path(root), out / f'issue_{kind}.png', n_show, objects)]
         more = ' (first 20 listed).' if len(g) > 20 else '.'
         secs.append(Section(f'{kind} ({len(g)})', f'Severity: {g.severity.iloc[0]}. Highest scores first{more}',
-                            [g[['path', 'split', 'label', 'score', 'details']].head(20)], figs))
+                            [g[cols].head(20)], figs))
     return secs
+
+
+# %% ../../nbs/51_report.documents.ipynb #37885e0e
+def _per_split(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    "Rows of `table` per value of `key` (rows) and split (columns), with a `total` column."
+    split = table['split'].fillna('').astype(str).replace('', 'unsplit')
+    per = table.assign(split=split).groupby([key, 'split']).size().unstack(fill_value=0)
+    per.columns = list(per.columns)
+    return per.assign(total=per.sum(axis=1))
+
+
+def class_counts(
+    samples,  # a `Samples` table: classification (`label`), detection (`objects`) or text
+) -> pd.DataFrame | None:
+    "Images per class and split; for detection objects per class and split, then images with the class; None for text."
+    df, objects = samples.df, getattr(samples, 'objects', None)
+    if objects is not None:
+        o = objects[['image_id', 'label']].merge(df[['image_id', 'split']], on='image_id', how='left')
+        per = _per_split(o, 'label').reindex(samples.classes, fill_value=0)
+        images = o.drop_duplicates(['image_id', 'label']).groupby('label').size()
+        per['images'] = images.reindex(per.index, fill_value=0)
+    elif 'label' in df:
+        per = _per_split(df, 'label')
+    else:
+        return None
+    return per.rename_axis('class').reset_index()
 
 
 # %% ../../nbs/51_report.documents.ipynb #223be3f3
@@ -464,32 +537,38 @@ def _counts_text(d: dict) -> str:
     return ', '.join(f'{k} {format_value(v)}' for k, v in d.items())
 
 
+def _excluded_unit(issues: pd.DataFrame | None, kind: str) -> str:
+    "What excluding issue `kind` removes: `object(s)` when every row names an object, else `image(s)`."
+    rows = issues[issues['issue'] == kind] if issues is not None and 'object_id' in issues else None
+    return 'object(s)' if rows is not None and len(rows) and rows['object_id'].notna().all() else 'image(s)'
+
+
 def datasheet(
     samples,  # the `Samples` table described
     scan: pd.DataFrame | None = None,  # `scan_files`' table (image sizes and properties)
     issues: pd.DataFrame | None = None,  # `find_issues`' table
     source: str = '',  # where the data came from
-    excluded: dict | None = None,  # images excluded per issue type
+    excluded: dict | None = None,  # images (objects, for an object-level issue) excluded per issue type
 ) -> str:
     "A Markdown datasheet of a samples table, from its files, scan and issues."
     df = samples.df
-    per = df.assign(split=df['split'].replace('', 'unsplit')).groupby(['label', 'split']).size().unstack(fill_value=0)
-    per = per.reset_index().rename(columns={'label': 'class'})
-    per['total'] = per.drop(columns='class').sum(axis=1)
+    objects = getattr(samples, 'objects', None)
+    what = f'{len(objects)} objects of ' if objects is not None else ''
     lines = [
         f'# Datasheet: {samples.name or Path(source).name}',
         '',
         f'- **source**: `{source}`',
         f'- **version id**: `{samples.version}`',
-        f'- **images**: {len(df)} in {len(samples.classes)} classes; splits: {_counts_text(samples.split_counts())}',
+        f'- **images**: {len(df)}, {what}{len(samples.classes)} classes; '
+        f'splits: {_counts_text(samples.split_counts())}',
         f'- **skipped files**: {len(samples.skipped)}',
         f'- **generated**: {datetime.date.today().isoformat()}',
         '',
-        '## Classes per split',
-        '',
-        table_markdown(per),
-        '',
     ]
+    per = class_counts(samples)
+    if per is not None:
+        title = 'Objects (and images) per class and split' if objects is not None else 'Classes per split'
+        lines += [f'## {title}', '', table_markdown(per), '']
     if scan is not None and 'img_width' in scan:
         props = [c for c in ('img_width', 'img_height', 'img_brightness', 'img_contrast', 'img_sharpness') if c in scan]
         q = scan[props].describe(percentiles=[0.05, 0.5, 0.95]).T
@@ -500,7 +579,8 @@ def datasheet(
     if issues is not None:
         lines += ['## Issues found', '', table_markdown(issue_counts(issues)) if len(issues) else 'None.', '']
     if excluded:
-        lines += ['## Exclusions applied', '', *(f'- {k}: {v} image(s)' for k, v in excluded.items()), '']
+        gone = [f'- {k}: {v} {_excluded_unit(issues, k)}' for k, v in excluded.items()]
+        lines += ['## Exclusions applied', '', *gone, '']
     return '\n'.join(lines)
 
 
@@ -555,12 +635,16 @@ def _sec_det_curves(ev, ctx):
         return None
     from cvbench.report.plots import plot_pr_curves, plot_f1_confidence
 
-    out = ctx['out']
-    figs = [save_figure(plot_pr_curves(ev.pr_curves), out / 'pr_curves.png'),
-            save_figure(plot_f1_confidence(ev.f1_curves), out / 'f1_confidence.png')]
-    return Section('Precision-recall and F1 curves', 'Interpolated precision at COCO\'s 101 recall points per class '
-                   '(IoU 0.5 and the mean over 0.50:0.95); precision, recall and F1 against the score threshold at '
-                   'IoU 0.5.', figures=figs)
+    out, pr = ctx['out'], ev.pr_curves
+    figs = [plot_pr_curves(pr, path=out / 'pr_curves.png')]
+    if 'iou' in pr and (pr['iou'] == '0.50:0.95').any():
+        figs.append(plot_pr_curves(pr, path=out / 'pr_curves_50_95.png', iou='0.50:0.95',
+                                   title='Precision-recall (mean over IoU 0.50:0.95)'))
+    figs.append(plot_f1_confidence(ev.f1_curves, path=out / 'f1_confidence.png'))
+    which = 'IoU 0.5 and the mean over 0.50:0.95' if len(figs) == 3 else 'IoU 0.5'
+    return Section('Precision-recall and F1 curves', f"Interpolated precision at COCO's 101 recall points per class "
+                   f'({which}, one figure each); precision, recall and F1 against the score threshold at IoU 0.5.',
+                   figures=figs)
 
 
 def _sec_det_thresholds(ev, ctx):
@@ -575,12 +659,17 @@ def _sec_det_thresholds(ev, ctx):
     return Section('Thresholds at the target recall', text, [t.drop(columns='target_recall', errors='ignore')])
 
 
+def _operating_point(ctx) -> float:
+    "The score threshold of the confusion matrix and the galleries (`score_threshold` in the context, default 0.5)."
+    return ctx.get('score_threshold', 0.5)
+
+
 def _sec_det_confusion(ev, ctx):
     "The detection confusion matrix at IoU 0.5 with a background row (false positives) and column (misses)."
     from cvbench.evaluate.detection_errors import detection_confusion
     from cvbench.report.plots import plot_detection_confusion
 
-    thr = ctx.get('score_threshold', 0.5)
+    thr = _operating_point(ctx)
     cm = detection_confusion(ctx['samples'], ctx['ledger'], iou=0.5, score_threshold=thr)
     fig = save_figure(plot_detection_confusion(cm), ctx['out'] / 'detection_confusion.png')
     text = (f'Detections scored ≥ {thr} matched to objects at IoU ≥ 0.5, greedily by score. Rows: true class, and '
@@ -593,13 +682,15 @@ def _sec_det_confusion(ev, ctx):
 def _sec_det_errors(ev, ctx):
     "The TIDE error breakdown: how much AP each error type costs."
     from cvbench.evaluate.detection_errors import error_breakdown
+    from cvbench.report.plots import plot_error_breakdown
 
     eb = error_breakdown(ctx['samples'], ctx['ledger'])
+    fig = plot_error_breakdown(eb, ctx['out'] / 'tide.png')
     text = (f'Errors in the manner of TIDE (Bolya et al., 2020) at IoU {eb.pos_iou} (background below {eb.bg_iou}): '
             f'TIDE\'s AP{int(eb.pos_iou * 100)} is {eb.ap:.4f}; `dap` is the AP gained by fixing only the errors of '
             'that type (classification, localization, both, duplicate, background, missed); the special rows give '
             'the AP with every false positive or every false negative fixed.')
-    return Section('Error breakdown', text, [eb.table().reset_index()])
+    return Section('Error breakdown', text, [eb.table().reset_index()], [fig])
 
 
 def _sec_det_galleries(ev, ctx):
@@ -610,7 +701,9 @@ def _sec_det_galleries(ev, ctx):
     from cvbench.evaluate.detection_errors import detection_errors
     from cvbench.report.plots import plot_detection_gallery
 
-    errs = detection_errors(ctx['samples'], ctx['ledger'])
+    thr = _operating_point(ctx)
+    errs = detection_errors(ctx['samples'], ctx['ledger'], score_threshold=thr)
+    errs = errs[~errs['ignored'].astype(bool)]  # detections on crowd regions are not errors
     figs = []
     for kind, name in (('FP', 'false_positives'), ('FN', 'missed_objects')):
         e = errs[errs['kind'] == kind]
@@ -619,8 +712,9 @@ def _sec_det_galleries(ev, ctx):
     if not figs:
         return None
     counts = errs.groupby(['kind', 'type']).size().rename('errors').reset_index()
-    text = ('False positives (highest score first) and missed objects, drawn on their images: ground truth in green, '
-            'the detections coloured by error type. Counts per kind and type below.')
+    text = (f'False positives (highest score first) and missed objects among the detections scored ≥ {thr} (the '
+            'operating point of the confusion matrix), drawn on their images: ground truth in green, the detections '
+            'coloured by error type; detections on crowd regions are not errors. Counts per kind and type below.')
     return Section('False positives and missed objects', text, [counts], figs)
 
 
@@ -651,7 +745,7 @@ def _sec_det_slices(ev, ctx):
         meta = t[(t['column'] != 'object_size') & t['AP50_low'].notna()]
         meta = meta.assign(n=meta['n_images'].astype(int), too_small=meta['too_small'].astype(bool))
         figs = [save_figure(plot_slices(meta, 'AP50'), ctx['out'] / 'slices.png')] if len(meta) else []
-    small = int(t['too_small'].fillna(False).astype(bool).sum()) if 'too_small' in t else 0
+    small = int(t['too_small'].eq(True).sum()) if 'too_small' in t else 0
     text = ('AP, AP50 and AP75 on the images of each metadata value (lighting, camera, video, ...), AP50 with its '
             "95 % interval (each slice's images resampled), and COCO's AP per object size (small < 32², medium < 96², "
             f'large). {small} slice(s) have fewer images than the minimum and are flagged `too_small`: shown, but not '
