@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from ..core import CvbenchError, ConfigError, markdown_table, read_yaml
 from .ledger import LedgerError
-from .stats import paired_bootstrap, mcnemar, align_ledgers, bootstrap_indices
+from .stats import common_ids, paired_bootstrap, mcnemar, align_ledgers, bootstrap_indices
 from .slices import slice_frame
 from .classification import operating_point
 from .errors import regression_set_results
@@ -378,18 +378,7 @@ def _resampled(ev, W: np.ndarray) -> dict:
 # %% ../../nbs/38_evaluate.compare.ipynb #ed293aec
 def _common_images(ids_a, ids_b, allow_missing: bool) -> pd.Index:
     "Image ids evaluated in both detection evaluations (baseline order); different sets are an error unless allowed."
-    ia, ib = pd.Index(pd.Series(ids_a, dtype=str)), pd.Index(pd.Series(ids_b, dtype=str))
-    only_a, only_b = ia.difference(ib), ib.difference(ia)
-    if (len(only_a) or len(only_b)) and not allow_missing:
-        raise LedgerError(
-            f'the evaluations cover different images: {len(only_a)} only in the baseline (e.g. {list(only_a[:3])}), '
-            f'{len(only_b)} only in the candidate (e.g. {list(only_b[:3])}); '
-            'evaluate both on the same data, or allow comparing the common images'
-        )
-    common = ia.intersection(ib, sort=False)
-    if len(common) == 0:
-        raise LedgerError('the two evaluations have no image in common')
-    return common
+    return common_ids(ids_a, ids_b, allow_missing, 'evaluations')
 
 
 def _weights(ids, common: pd.Index, counts: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ from .classification import check_ledger, per_sample_log_loss, top_k_hits
 
 # %% auto #0
 __all__ = ['bootstrap_indices', 'confusion_stack', 'metrics_from_confusions', 'bootstrap_metrics', 'point_metrics',
-           'bootstrap_ci', 'naive_bootstrap_metrics', 'align_ledgers', 'paired_bootstrap', 'mcnemar', 'summarize_seeds']
+           'bootstrap_ci', 'naive_bootstrap_metrics', 'common_ids', 'align_ledgers', 'paired_bootstrap', 'mcnemar',
+           'summarize_seeds']
 
 # %% ../../nbs/37_evaluate.stats.ipynb #bb63659f
 def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
@@ -137,21 +138,32 @@ def naive_bootstrap_metrics(
     return pd.DataFrame(rows)
 
 # %% ../../nbs/37_evaluate.stats.ipynb #77d2e218
-def align_ledgers(a: pd.DataFrame, b: pd.DataFrame, allow_missing: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Rows of `a` and `b` for the same image ids, in the same order; missing ids are an error unless `allow_missing`."
-    ia, ib = pd.Index(a['image_id'].astype(str)), pd.Index(b['image_id'].astype(str))
-    if ia.has_duplicates or ib.has_duplicates:
-        raise LedgerError('a ledger has repeated image ids; one row per image is required')
+def common_ids(
+    ids_a,  # image ids of the baseline
+    ids_b,  # image ids of the candidate
+    allow_missing: bool = False,  # compare the common images when the sets differ
+    what: str = 'ledgers',  # what is compared, for messages
+) -> pd.Index:
+    "Image ids in both (baseline order); different sets are an error unless `allow_missing`, none in common always."
+    ia, ib = pd.Index(pd.Series(ids_a, dtype=str)), pd.Index(pd.Series(ids_b, dtype=str))
     only_a, only_b = ia.difference(ib), ib.difference(ia)
     if (len(only_a) or len(only_b)) and not allow_missing:
         raise LedgerError(
-            f'the ledgers cover different images: {len(only_a)} only in the baseline (e.g. {list(only_a[:3])}), '
+            f'the {what} cover different images: {len(only_a)} only in the baseline (e.g. {list(only_a[:3])}), '
             f'{len(only_b)} only in the candidate (e.g. {list(only_b[:3])}); '
             'evaluate both on the same data, or allow comparing the common images'
         )
     common = ia.intersection(ib, sort=False)
     if len(common) == 0:
-        raise LedgerError('the ledgers have no image in common')
+        raise LedgerError(f'the {what} have no image in common')
+    return common
+
+
+def align_ledgers(a: pd.DataFrame, b: pd.DataFrame, allow_missing: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Rows of `a` and `b` for the same image ids, in the same order; missing ids are an error unless `allow_missing`."
+    if a['image_id'].duplicated().any() or b['image_id'].duplicated().any():
+        raise LedgerError('a ledger has repeated image ids; one row per image is required')
+    common = common_ids(a['image_id'], b['image_id'], allow_missing)
     return a.set_index(a['image_id'].astype(str)).loc[common].reset_index(drop=True), b.set_index(
         b['image_id'].astype(str)
     ).loc[common].reset_index(drop=True)
