@@ -1,6 +1,6 @@
 "Shared fixtures: a tiny, fast run configuration and a helper that calls the real `cvbench` command."
 
-import os, subprocess, sys
+import contextlib, io, os, subprocess, sys
 from pathlib import Path
 import pytest
 from PIL import Image
@@ -35,6 +35,16 @@ def cli(*args, cwd=None, check=None) -> subprocess.CompletedProcess:
     if check is not None:
         assert r.returncode == check, f'exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}'
     return r
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    "Exit status, stdout and stderr of `cvbench ARGS`, run in this process (a subprocess costs seconds per call)."
+    from cvbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
 
 
 def run_dir_of(r: subprocess.CompletedProcess) -> Path:

@@ -6,18 +6,10 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import pytest
 from PIL import Image
-from cvbench.cli import main
+from conftest import run_cli
 
 STAT_NAMES = ['AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large', 'AR1', 'AR10', 'AR100', 'AR_small',
               'AR_medium', 'AR_large']
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    "Exit status, stdout and stderr of `cvbench ARGS`, run in this process."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def random_coco(folder: Path, n_images: int = 16, seed: int = 0) -> tuple[Path, Path]:

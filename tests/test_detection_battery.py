@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from cvbench.core import CvbenchError
@@ -540,14 +541,7 @@ def test_an_ocr_csv_with_an_empty_text_reads_it_as_empty(tmp_path):
 
 # --- the command line -------------------------------------------------------------------------------------------------
 
-def cli(*args) -> tuple[int, str, str]:
-    "Exit status, stdout and stderr of `cvbench ARGS`, run in this process (a subprocess costs seconds per call)."
-    from cvbench.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+cli = run_cli  # in this process: a subprocess costs seconds per call
 
 
 def test_cli_eval_of_a_perfect_detector_writes_metrics_equal_to_pycocotools_and_a_report(folder, tmp_path):

@@ -2,22 +2,14 @@
 against the COCO file itself), flagged boxes drawn, object-level exclusions, the report's curves, TIDE figure and
 galleries at the confusion matrix's operating point, a numpy IoU equal to torchvision's, and what conversions keep."""
 
-import contextlib, io, json, subprocess, sys
+import json, subprocess, sys
 from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd
 import pytest
 from PIL import Image
-from cvbench.cli import main
+from conftest import run_cli
 from cvbench.data.samples import Samples
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    "Exit status, stdout and stderr of `cvbench ARGS`, run in this process."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def small_coco(folder: Path, seed: int = 0) -> Path:
