@@ -84,7 +84,8 @@ class Task:
 def _check_samples(self: Task, samples: Samples) -> Samples:
     "Raise `DataError` unless `samples` is of this task and has its target columns."
     if samples.task != self.name:
-        raise DataError(f'the samples table is for task `{samples.task}`, not `{self.name}`')
+        raise DataError(f'the samples table is for task `{samples.task}`, not `{self.name}`; '
+                        f'set `task: {samples.task}` in the config, or give data of task `{self.name}`')
     missing = [c for c in self.targets if c not in samples.df]
     if missing:
         raise DataError(f'the samples table lacks the {self.name} target column(s) {missing}')
@@ -213,7 +214,7 @@ class Classification(Task):
         check_sources(cfg)  # data, weights and model name, before the data scan
         from cvbench.train.learner import prepare_samples
 
-        return check_training_classes(prepare_samples(cfg))
+        return check_training_classes(self.check_samples(prepare_samples(cfg)))
 
     def train(self, cfg, samples, run_dir, resume=False, cbs=None, progress='auto'):
         from cvbench.train.learner import train

@@ -262,6 +262,13 @@ def test_training_a_detector_says_what_to_do_instead(tmp_path):
     assert not (tmp_path / 'runs').exists()  # refused before a run folder exists
 
 
+def test_classification_run_on_detection_data_names_the_task(tmp_path):
+    "A classification run (the default task) on a COCO dataset: one clear line, not a KeyError on `label`."
+    gt, _ = random_coco(tmp_path / 'coco', n_images=6, seed=2)
+    one_error_line(run_cli('run', f'data.source={gt}', f'runs_dir={tmp_path}/runs', 'track.wandb=false'),
+                   'is for task `detection`, not `classification`', 'set `task: detection`')
+
+
 def test_data_check_on_a_detection_dataset_keeps_the_objects(tmp_path):
     "`data check` scans a COCO dataset; excluding images keeps the other images' objects and category ids."
     from cvbench.data.detection import read_coco
