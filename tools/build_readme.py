@@ -7,7 +7,7 @@ from pathlib import Path
 def cell_md(c) -> str:
     src = c.source.strip()
     if c.cell_type == 'markdown':
-        return src
+        return src.replace('](images/', '](nbs/images/')  # links relative to nbs/ become relative to the root
     lines = src.splitlines()
     if any(l.strip().startswith('#| hide') for l in lines):
         return ''
