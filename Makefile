@@ -86,7 +86,7 @@ docs:
 	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; else echo "Quarto not found: rendering notebooks to _docs/ with nbconvert"; $(BIN)/python tools/build_docs.py; fi
 
 bench: install-dev
-	CVBENCH_BENCH_FULL=1 $(BIN)/nbdev-test --flags slow --n-workers 1 --timing --cell-timeout 3600 nbs/benchmarks
+	CVBENCH_BENCH_FULL=1 $(BIN)/python tools/run_notebooks.py --write --write-benchmarks --jobs 1 --timeout 3600 nbs/benchmarks
 
 hooks:
 	$(BIN)/nbdev-install-hooks --diff False
