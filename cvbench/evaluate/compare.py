@@ -172,6 +172,7 @@ class Comparison:
         return '\n'.join(lines)
 
     def to_markdown(self) -> str:
+        "The decision, the notes and every table as markdown (the notebook view and the report's comparison)."
         out = [self.decision(), '']
         out += [n for n in self.notes] + ([''] if self.notes else [])
         out += [

@@ -28,7 +28,7 @@ __all__ = ['log', 'Evaluation', 'evaluate_ledger', 'save_evaluation']
 # %% ../../nbs/39a_evaluate.suite.ipynb #cdd656b7
 log = logging.getLogger(__name__)
 
-@dataclass
+@dataclass(repr=False)
 class Evaluation:
     "All evaluation results of one ledger."
     metrics: ClassificationMetrics
@@ -46,6 +46,12 @@ class Evaluation:
     def headline(self) -> pd.DataFrame:
         "Headline metrics with their 95 % bootstrap intervals."
         return self.intervals[['metric', 'estimate', 'low', 'high']]
+
+    def __repr__(self):
+        "One line: the first headline metrics and what else is inside (the default repr prints every table)."
+        head = ', '.join(f'{r.metric}={r.estimate:.4f}' for r in self.headline().head(2).itertuples())
+        return (f'Evaluation({head}, n={self.metrics.n}; {len(self.slices)} slices, {len(self.clusters)} clusters, '
+                f'{len(self.notes)} notes)')
 
     def _repr_markdown_(self):
         return markdown_table(self.headline()) + ''.join(f'\n\n{n}' for n in self.notes)
