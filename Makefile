@@ -82,8 +82,9 @@ clean-nbs:
 readme:
 	$(BIN)/python tools/build_readme.py
 
-docs:
-	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; else echo "Quarto not found: rendering notebooks to _docs/ with nbconvert"; $(BIN)/python tools/build_docs.py; fi
+## The docs site in _docs/: nbdev-docs where Quarto exists, else nbdev's processing + Sphinx (tools/build_docs.py)
+docs: install-dev
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; else $(BIN)/python tools/build_docs.py; fi
 
 bench: install-dev
 	CVBENCH_BENCH_FULL=1 $(BIN)/python tools/run_notebooks.py --write --write-benchmarks --jobs 1 --timeout 3600 nbs/benchmarks
