@@ -262,16 +262,19 @@ def _evaluate(self: Classification, ledger, classes, samples, cfg):
 
 
 def _save_evaluation(self: Classification, ev, out_dir, **meta):
+    "Write `metrics.json` and the other evaluation files (`evaluate.suite.save_evaluation`)."
     from cvbench.evaluate.suite import save_evaluation
 
     return save_evaluation(ev, out_dir, **meta)
 
 
 def _headline(self: Classification, ev) -> dict:
+    "Accuracy, top-5 accuracy, macro F1 and the other headline metrics, flat."
     return ev.metrics.headline()
 
 
 def _report_sections(self: Classification, ev, ledger, image_root, out_dir, about, **ctx):
+    "The classification report (`report.documents.evaluation_sections`)."
     from cvbench.report.documents import evaluation_sections
 
     return evaluation_sections(ev, ledger, image_root, out_dir, about, **ctx)
@@ -297,9 +300,9 @@ Classification.check_ledger = _check_ledger_probs
 Classification.save_evaluation, Classification.headline = _save_evaluation, _headline
 Classification.report_sections = _report_sections
 
-
 # %% ../nbs/53_tasks.ipynb #c456e4cf
 def _log_evaluation(self: Classification, tracker, ledger, ev, samples, checkpoint):
+    "Log the confusion matrix, a table of 64 predictions with images, the headline and the model to W&B."
     from cvbench.train.tracking import log_confusion_matrix, log_predictions_table, log_artifact
 
     metrics = ev.metrics
