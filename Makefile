@@ -71,7 +71,7 @@ check-outputs:
 	echo "ok: every notebook ran in a kernel and reproduced its committed outputs"
 
 pytest:
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 export:
 	$(BIN)/nbdev-export

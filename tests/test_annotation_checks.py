@@ -7,7 +7,7 @@ from cvbench.data.samples import Samples
 from cvbench.data.quality import (ISSUE_COLUMNS, QualityThresholds, check_annotations, duplicate_boxes, find_issues,
                                   scan_files)
 from cvbench.runs import fails
-from conftest import cli, make_imagefolder
+from conftest import cli_here as cli, make_imagefolder
 
 W, H = 64, 48
 

@@ -1,7 +1,7 @@
 "Fault injection: every way a user's input can be wrong gives one clear message (exit 2), or is skipped and listed."
 
 import pandas as pd
-from conftest import cli, run_dir_of, make_imagefolder
+from conftest import cli_here as cli, run_dir_of, make_imagefolder
 
 
 def _err(tiny, *extra, cwd=None):

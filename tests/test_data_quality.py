@@ -7,7 +7,7 @@ import imagehash
 from cvbench.data.datasets import load_dataset
 from cvbench.data.samples import Samples, load_samples_table
 from cvbench.data.quality import plant_defects, phash
-from conftest import cli, make_imagefolder
+from conftest import cli_here as cli, make_imagefolder
 
 
 @pytest.fixture(scope='module')

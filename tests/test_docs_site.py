@@ -22,7 +22,7 @@ def chromium_path() -> str:
     "Debian's Chromium, or a clear failure that says how to install it."
     found = shutil.which('chromium') or shutil.which('chromium-browser')
     if found is None:
-        pytest.fail("Chromium is missing: install Debian's package (`sudo apt-get install chromium`, or `make browser`)")
+        pytest.fail("Chromium is missing: install Debian's package (`make browser` or `sudo apt-get install chromium`)")
     return found
 
 
@@ -93,6 +93,96 @@ def shoot(page, name: str) -> Path:
     return dest
 
 
+# The docs site: built once from the committed notebooks, served on localhost, read in Chromium.
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory) -> Path:
+    "`make docs` into a temporary folder (it raises on a chapter that fails processing or on a broken link)."
+    if os.environ.get('CVBENCH_DOCS_SITE'):  # a site already built (`make docs`), to iterate on these tests
+        return Path(os.environ['CVBENCH_DOCS_SITE'])
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import build_docs
+
+    return build_docs.build(out=tmp_path_factory.mktemp('site') / '_docs')
+
+
+@pytest.fixture(scope='module')
+def site_url(site):
+    url, server = serve(site)
+    yield url
+    server.shutdown()
+
+
+def page_texts(site: Path) -> dict[str, str]:
+    return {str(p.relative_to(site)): p.read_text(errors='replace') for p in site.rglob('*.html')}
+
+
+def test_every_internal_link_resolves(site):
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import build_docs
+
+    assert build_docs.check_links(site) == []
+    pages = page_texts(site)
+    assert {'index.html', 'data.samples.html', 'tutorials/quickstart.html', 'search.html'} <= set(pages)
+    chapters = [p.stem.split('_', 1)[1] + '.html' for p in (ROOT / 'nbs').glob('[0-9]*.ipynb')]
+    assert [c for c in chapters if c not in pages] == []  # every module chapter is an API page
+
+
+def test_pages_hide_what_is_not_docs(site):
+    "No `#| export`/`#| hide` markers, no hidden test cells (fastcore's `test_eq`) on any page."
+    for name, text in page_texts(site).items():
+        assert '#| export' not in text and '#| hide' not in text, name
+        assert 'nbdev_export()' not in text, name
+
+
+def test_symbols_are_cross_linked(site):
+    "Backticked names in one chapter link to their entry in another (nbdev's doc links, made relative)."
+    text = (site / 'data.detection.html').read_text()
+    assert 'href="data.samples.html#samples"' in text
+    assert (site / 'data.samples.html').read_text().count('id="samples"') == 1  # and the anchor exists once
+
+
+def test_home_page(site_url, page):
+    page.goto(f'{site_url}/index.html')
+    assert 'cvbench' in page.inner_text('h1').lower()
+    nav = page.inner_text('body')
+    for section in ('Tutorials', 'API', 'Benchmarks'):
+        assert section.lower() in nav.lower(), section
+    assert page.query_selector('a[href="data.samples.html"]') is not None
+    assert min(visible_images(page), default=1) > 0  # the report screenshot, if shown, is decoded
+    assert page.errors == []
+    shoot(page, 'home')
+
+
+def test_api_page(site_url, page):
+    page.goto(f'{site_url}/data.samples.html')
+    assert page.query_selector('[id="samples"]') is not None  # `Samples`' entry: linkable
+    body = page.inner_text('body')
+    assert 'def Samples(' in body and 'The samples table' in body
+    assert page.query_selector_all('.cell_output') != []  # examples show their results
+    assert page.errors == []
+    shoot(page, 'api')
+
+
+def test_tutorial_page(site_url, page):
+    page.goto(f'{site_url}/tutorials/quickstart.html')
+    widths = visible_images(page)
+    assert widths and min(widths) > 0, widths  # figures committed in the notebook are on the page, decoded
+    assert page.query_selector_all('.cell_output table') != []  # and its tables
+    assert page.errors == []
+    shoot(page, 'tutorial')
+
+
+def test_search_finds_a_symbol(site_url, page):
+    page.goto(f'{site_url}/search.html?q=Samples')
+    page.wait_for_selector('#search-results li', timeout=30_000)
+    hits = page.eval_on_selector_all('#search-results li a', 'els => els.map(e => e.getAttribute("href"))')
+    assert any(h.startswith('data.samples.html') for h in hits), hits
+    page.goto(f'{site_url}/{hits[0]}')  # the hit opens
+    assert page.errors == []
+
+
 # JupyterLab: `make lab` opens the notebooks; a tutorial must render there.
 
 
@@ -132,12 +222,8 @@ def test_jupyterlab_opens_a_tutorial(lab, page):
 # A run's report: what the README shows.
 
 
-def test_a_run_report_renders(tiny, tmp_path, page):
-    from conftest import run_cli
-
-    rc, out, err = run_cli('run', *tiny)
-    assert rc == 0, err
-    (html,) = (tmp_path / 'reports').glob('*/report.html')
+def test_a_run_report_renders(tiny_run, page):
+    html = tiny_run / 'report' / 'report.html'
     page.goto(html.as_uri())
     widths = visible_images(page)
     assert len(widths) >= 3 and min(widths) > 0, widths  # confusion matrix, gallery, curves: all decoded

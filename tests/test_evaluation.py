@@ -8,7 +8,7 @@ from cvbench.evaluate.classification import classification_metrics, multilabel_m
 from cvbench.evaluate.calibration import calibration_metrics
 from cvbench.evaluate.stats import bootstrap_metrics, naive_bootstrap_metrics
 from cvbench.evaluate.ledger import save_ledger
-from conftest import cli, run_dir_of
+from conftest import cli_here as cli, run_dir_of
 
 
 def _ledger(seed, n=400, k=6, skew=1.0):
@@ -97,18 +97,8 @@ def test_bad_ledgers_give_clear_errors(tmp_path):
     assert 'unknown metric `acuracy`' in cli('compare', good, good, '--gate', tmp_path / 'gate.yaml', check=2).stderr
 
 
-def test_compare_gate_promote_report_cli(tiny, tmp_path):
-    base = run_dir_of(
-        cli(
-            'run',
-            *tiny,
-            'name=base',
-            'train.epochs=1',
-            f'eval.regression_sets_dir={tmp_path}/sets',
-            cwd=tmp_path,
-            check=0,
-        )
-    )
+def test_compare_gate_promote_report_cli(tiny, tiny_run, tmp_path):
+    base = tiny_run  # one epoch, named `base`; only read here
     cand = run_dir_of(
         cli(
             'run',

@@ -1,13 +1,14 @@
-"Issue 5 (first part): export with end-to-end parity, predictor from the CLI, tampered packages refused."
+"""Issue 5 (first part): export with end-to-end parity, predictor from the CLI, tampered packages refused. The
+commands run through `cvbench.cli.main` in this process on the session's tiny run; the service is a real process."""
 
 import json
 from pathlib import Path
 import pandas as pd
-from conftest import cli, run_dir_of
+from conftest import cli_here as cli
 
 
-def test_export_predict_report(tiny, tmp_path, data_cache):
-    rd = run_dir_of(cli('run', *tiny, cwd=tmp_path, check=0))
+def test_export_predict_report(tiny_run, tmp_path, data_cache):
+    rd = tiny_run
     out = cli('export', rd, '--out', tmp_path / 'pkg', check=0).stdout
     assert 'package:' in out
     m = json.loads((tmp_path / 'pkg' / 'package.json').read_text())
@@ -29,8 +30,8 @@ def test_export_predict_report(tiny, tmp_path, data_cache):
     )
 
 
-def test_bench_and_quantize_cli(tiny, tmp_path):
-    rd = run_dir_of(cli('run', *tiny, cwd=tmp_path, check=0))
+def test_bench_and_quantize_cli(tiny_run, tmp_path):
+    rd = tiny_run
     cli('export', rd, '--out', tmp_path / 'pkg', check=0)
     q = cli('quantize', tmp_path / 'pkg', rd, '--calibration', 50, check=0).stdout
     assert 'agreement:' in q and 'recommend:' in q
@@ -40,10 +41,10 @@ def test_bench_and_quantize_cli(tiny, tmp_path):
     assert (t.peak_rss_mb.dropna() > 50).all() and (t.p99_ms >= t.p50_ms).all()
 
 
-def test_service_over_http(tiny, tmp_path):
+def test_service_over_http(tiny_run, tmp_path):
     import socket, subprocess, sys, time, urllib.request, uuid
 
-    rd = run_dir_of(cli('run', *tiny, cwd=tmp_path, check=0))
+    rd = tiny_run
     cli('export', rd, '--out', tmp_path / 'pkg', '--format', 'onnx', check=0)
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -65,7 +66,8 @@ def test_service_over_http(tiny, tmp_path):
             return e.code, json.loads(e.read())
 
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 300  # a fresh process imports torch first: seconds, or minutes on a busy machine
+        while time.monotonic() < deadline and srv.poll() is None:
             try:
                 with urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=2) as r:
                     assert json.loads(r.read())['status'] == 'ok'

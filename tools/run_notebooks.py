@@ -69,7 +69,7 @@ def cell_plan(path: Path, skip_flags: list[str], force_flags: list[str], text: s
     plan = []
     for c in nb.cells:
         dirs = getattr(c, 'directives_', {}) or {}
-        hidden = 'hide' in dirs or any(d in dirs and dirs[d] and dirs[d][0] in ('false', 'False')
+        hidden = any(d in dirs for d in ('hide', 'export', 'exporti')) or any(d in dirs and dirs[d] and dirs[d][0] in ('false', 'False')
                                        for d in HIDDEN_DIRECTIVES[1:])
         plan.append(dict(id=c.get('id'), runs=c.cell_type == 'code' and not skip_all and not skip(c),
                          keep=not hidden and 'cuda' not in dirs))
@@ -122,7 +122,9 @@ def is_progress(out: dict) -> bool:
         return True
     html = data.get('text/html', '')
     html = ''.join(html) if isinstance(html, list) else html
-    if '<progress' in html:
+    if '<progress' in html or 'fastprogress' in html:  # the bar, or the style block it leaves behind
+        return True
+    if 'text/html' in data and not html.strip():  # what a `leave=False` bar leaves: an empty HTML output
         return True
     text = out.get('text', '')
     text = ''.join(text) if isinstance(text, list) else text
