@@ -69,8 +69,8 @@ def cell_plan(path: Path, skip_flags: list[str], force_flags: list[str], text: s
     plan = []
     for c in nb.cells:
         dirs = getattr(c, 'directives_', {}) or {}
-        hidden = any(d in dirs for d in ('hide', 'export', 'exporti')) or any(d in dirs and dirs[d] and dirs[d][0] in ('false', 'False')
-                                       for d in HIDDEN_DIRECTIVES[1:])
+        off = any(d in dirs and dirs[d] and dirs[d][0] in ('false', 'False') for d in HIDDEN_DIRECTIVES[1:])
+        hidden = off or any(d in dirs for d in ('hide', 'export', 'exporti'))
         plan.append(dict(id=c.get('id'), runs=c.cell_type == 'code' and not skip_all and not skip(c),
                          keep=not hidden and 'cuda' not in dirs))
     return plan
