@@ -62,10 +62,10 @@ nbtest:
 
 # Execute every notebook in a real Jupyter kernel and write its outputs; re-executing must change nothing.
 outputs:
-	$(BIN)/python tools/run_notebooks.py --write nbs
+	$(BIN)/python tools/run_notebooks.py --write --timeout 1200 nbs
 
 check-outputs:
-	@before=$$($(snapshot)); $(BIN)/python tools/run_notebooks.py --write nbs || exit 1; after=$$($(snapshot)); \
+	@before=$$($(snapshot)); $(BIN)/python tools/run_notebooks.py --write --timeout 1200 nbs || exit 1; after=$$($(snapshot)); \
 	if [ "$$before" != "$$after" ]; then echo "FAIL: re-executing the notebooks changed their committed outputs: \
 	run 'make outputs', look at the diff (remove timings, paths, dates from outputs) and commit"; git status --short; exit 1; fi; \
 	echo "ok: every notebook ran in a kernel and reproduced its committed outputs"

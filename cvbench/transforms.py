@@ -11,13 +11,13 @@ from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
+from fastcore.basics import patch
 from .core import CvbenchError, write_json, read_json
 from .data.images import open_image, MAX_PIXELS
 
-
 # %% auto #0
-__all__ = ['RESIZE_METHODS', 'MODEL_OUTPUT', 'SPEC_FORMAT', 'PreprocessSpec', 'resize_image', 'to_tensor', 'decode_steps',
-           'preprocess_steps', 'describe', 'load_spec', 'spec_from_config', 'spec_batch_tfms', 'SpecImageDataset']
+__all__ = ['RESIZE_METHODS', 'MODEL_OUTPUT', 'SPEC_FORMAT', 'PreprocessSpec', 'decode_steps', 'preprocess_steps', 'load_spec',
+           'spec_from_config', 'spec_batch_tfms', 'SpecImageDataset']
 
 # %% ../nbs/21_transforms.ipynb #3ea746c5
 RESIZE_METHODS = ('squash', 'crop', 'pad')
@@ -62,6 +62,7 @@ def _resample(self: PreprocessSpec):
     return getattr(Image.Resampling, self.interpolation.upper())
 
 
+@patch
 def resize_image(self: PreprocessSpec, img: Image.Image) -> Image.Image:
     "Resize an RGB PIL image to `size` by the spec's method."
     (h, w), (iw, ih) = self.size, img.size
@@ -77,15 +78,13 @@ def resize_image(self: PreprocessSpec, img: Image.Image) -> Image.Image:
     canvas.paste(img, ((w - nw) // 2, (h - nh) // 2))
     return canvas
 
-
-PreprocessSpec.resize_image = resize_image
-
 # %% ../nbs/21_transforms.ipynb #d7c9fff8
+@patch
 def to_tensor(self: PreprocessSpec, img: Image.Image) -> torch.Tensor:
     "CHW float tensor: `(pixels * scale - mean) / std`."
     a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() * self.scale
     return (a - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
-PreprocessSpec.to_tensor = to_tensor
+
 
 def _call(self: PreprocessSpec, src) -> torch.Tensor:
     "Decode `src` with the safe decoder, resize, scale and normalize."
@@ -172,23 +171,22 @@ _DESCRIPTION_KEYS = ('format', 'steps', 'output')  # written for readers; the pa
 _UNCOMPARED = ('doc', 'call', 'max_pixels')  # wording and guards, which may change without changing any pixel
 
 
-def _to_dict(self: PreprocessSpec) -> dict:
+@patch
+def to_dict(self: PreprocessSpec) -> dict:
     "The spec's parameters (what a checkpoint stores)."
     return asdict(self)
-PreprocessSpec.to_dict = _to_dict
 
 
+@patch
 def describe(self: PreprocessSpec) -> dict:
     "The parameters plus every step from file to input and the model's output: the content of `preprocess.json`."
     return dict(self.to_dict(), format=SPEC_FORMAT, steps=preprocess_steps(self), output=MODEL_OUTPUT)
-PreprocessSpec.describe = describe
 
 
-def _save(self: PreprocessSpec, path: str | Path) -> Path:
+@patch
+def save(self: PreprocessSpec, path: str | Path) -> Path:
     "Write `describe()` to `path` (JSON)."
     return write_json(path, self.describe())
-PreprocessSpec.save = _save
-
 
 # %% ../nbs/21_transforms.ipynb #6d8d7613
 def _comparable(steps: list) -> list:

@@ -1,13 +1,13 @@
 "Write README.md from nbs/index.ipynb without Quarto: markdown as is, code cells as python blocks, `#| hide` dropped."
 
-import sys, nbformat
+import re, sys, nbformat
 from pathlib import Path
 
 
 def cell_md(c) -> str:
     src = c.source.strip()
     if c.cell_type == 'markdown':
-        return src.replace('](images/', '](nbs/images/')  # links relative to nbs/ become relative to the root
+        return re.sub(r'\]\((?!https?:|#)', '](nbs/', src)  # links relative to nbs/ become relative to the root
     lines = src.splitlines()
     if any(l.strip().startswith('#| hide') for l in lines):
         return ''

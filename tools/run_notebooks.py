@@ -122,7 +122,7 @@ def is_progress(out: dict) -> bool:
         return True
     html = data.get('text/html', '')
     html = ''.join(html) if isinstance(html, list) else html
-    if '<progress' in html or 'fastprogress' in html:  # the bar, or the style block it leaves behind
+    if '<progress' in html or 'fastprogress' in html or 'progress-bar' in html:  # the bar, or its style block
         return True
     if 'text/html' in data and not html.strip():  # what a `leave=False` bar leaves: an empty HTML output
         return True
