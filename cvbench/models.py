@@ -162,7 +162,7 @@ def checkpoint_meta(path: str | Path) -> dict:
         raise ModelError(f'checkpoint {path} does not exist')
     try:
         with safe_open(str(path), 'pt') as f:
-            md = f.metadata() or {}
+            md = dict(sorted((f.metadata() or {}).items()))  # safetensors: hash order
     except Exception as e:
         raise ModelError(f'{path} is not a safetensors checkpoint: {e}') from None
     if 'arch' not in md:
