@@ -137,9 +137,8 @@ def test_bad_inputs_exit_2_with_one_line(coco, tmp_path):
     one_error_line(run_cli('data', 'convert', tmp_path / 'none.json', '--to', 'yolo', '--out', tmp_path / 'y'),
                    'none.json')
     one_error_line(run_cli('data', 'frames', tmp_path / 'none.mp4', '--fps', '2', '--out', tmp_path / 'f'), 'none.mp4')
-    with pytest.raises(SystemExit) as e:
-        run_cli('data', 'convert', gt, '--to', 'pascal', '--out', tmp_path / 'x')
-    assert e.value.code == 2
+    rc, out, err = run_cli('data', 'convert', gt, '--to', 'pascal', '--out', tmp_path / 'x')  # argparse's choices
+    assert rc == 2 and 'pascal' in err
 
 
 def boxes_by_image(gt: Path) -> dict:
